@@ -1,0 +1,1 @@
+"""Beamline devices (ophyd-async) used by tomolock, and their simulations in ``sim``."""

@@ -1,0 +1,1 @@
+"""Simulated nano-CT beamline with known ground truth: phantom, projector, drift, IOC, stream."""

@@ -1,0 +1,1 @@
+"""bluesky plans for tomolock: runout calibration, reference scan, corrected tomography scan."""

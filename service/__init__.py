@@ -1,0 +1,1 @@
+"""tomolock service: ingest, drift estimation, drift model, feedback, record and API."""

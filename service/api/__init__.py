@@ -1,0 +1,1 @@
+"""FastAPI service: status, history, metrics, control, live feed, dashboard."""

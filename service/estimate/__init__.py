@@ -1,0 +1,1 @@
+"""Drift estimators: pure numpy/scipy, no I/O."""

@@ -1,0 +1,1 @@
+"""Feedback: correction setpoints, safety interlocks, publication to motors."""

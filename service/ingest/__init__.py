@@ -1,0 +1,1 @@
+"""Ingest: ZMQ receivers for detector frames and bluesky documents."""

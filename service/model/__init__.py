@@ -1,0 +1,1 @@
+"""Drift model: runout harmonics, thermal drift, sensor fusion, prediction (pure computation)."""

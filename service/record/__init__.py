@@ -1,0 +1,1 @@
+"""Append-only per-scan drift log and export for reconstruction."""
