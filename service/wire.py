@@ -151,7 +151,8 @@ def _parse_json(part: bytes | memoryview) -> dict[str, Any]:
         raise WireError("header_too_large", f"{len(part)} bytes > {MAX_HEADER_BYTES}")
     try:
         obj = json.loads(bytes(part))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: deeply nested arrays fit in MAX_HEADER_BYTES and overflow the parser.
         raise WireError("bad_json", str(exc)) from None
     if not isinstance(obj, dict):
         raise WireError("bad_json", "header is not a JSON object")
@@ -166,6 +167,17 @@ def _require(obj: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any
     if isinstance(val, bool) or not isinstance(val, typ):
         raise WireError("bad_field", f"{key}={val!r}")
     return val
+
+
+def _number(obj: dict[str, Any], key: str, default: float | None = None) -> float:
+    """Read a JSON number as float; ``default`` where the key is absent (None: required)."""
+    if key not in obj and default is not None:
+        return default
+    val = _require(obj, key, (int, float))
+    try:
+        return float(val)
+    except OverflowError:  # JSON integers are unbounded
+        raise WireError("bad_field", f"{key} out of range") from None
 
 
 def decode_header(part: bytes | memoryview) -> FrameHeader | ControlMessage:
@@ -188,7 +200,7 @@ def decode_header(part: bytes | memoryview) -> FrameHeader | ControlMessage:
         return ControlMessage(
             event=event,
             scan_id=_require(obj, "scan_id", str),
-            timestamp=float(_require(obj, "timestamp", (int, float))),
+            timestamp=_number(obj, "timestamp"),
             payload=payload,
         )
     if htype != FRAME_HTYPE:
@@ -207,14 +219,19 @@ def decode_header(part: bytes | memoryview) -> FrameHeader | ControlMessage:
         or shape[0] * shape[1] > MAX_PIXELS
     ):
         raise WireError("bad_shape", repr(shape))
-    angle = obj.get("angle_deg")
-    if angle is None:
-        angle = math.nan
-    elif isinstance(angle, bool) or not isinstance(angle, (int, float)):
+    # null (or an absent key) means "no angle", as for dark/flat frames.
+    angle = math.nan if obj.get("angle_deg") is None else _number(obj, "angle_deg")
+    if math.isinf(angle):
         raise WireError("bad_field", f"angle_deg={angle!r}")
     frame = _require(obj, "frame", int)
     if frame < 0:
         raise WireError("bad_field", f"frame={frame}")
+    exposure = _number(obj, "exposure_s", 0.0)
+    if not math.isfinite(exposure) or exposure < 0:
+        raise WireError("bad_field", f"exposure_s={exposure!r}")
+    timestamp = _number(obj, "timestamp")
+    if not math.isfinite(timestamp):
+        raise WireError("bad_field", f"timestamp={timestamp!r}")
     truth = obj.get("truth")
     if truth is not None and not isinstance(truth, dict):
         raise WireError("bad_field", "truth")
@@ -222,11 +239,11 @@ def decode_header(part: bytes | memoryview) -> FrameHeader | ControlMessage:
         scan_id=_require(obj, "scan_id", str),
         frame=frame,
         kind=kind,
-        angle_deg=float(angle),
-        timestamp=float(_require(obj, "timestamp", (int, float))),
+        angle_deg=angle,
+        timestamp=timestamp,
         dtype=dtype,
         shape=(shape[0], shape[1]),
-        exposure_s=float(obj.get("exposure_s", 0.0)),
+        exposure_s=exposure,
         truth=truth,
     )
 
@@ -244,6 +261,9 @@ def decode_frame(header: FrameHeader, buffer: bytes | memoryview) -> np.ndarray:
     if len(buffer) != expected:
         raise WireError("bad_size", f"{len(buffer)} bytes, header says {expected}")
     arr = np.frombuffer(buffer, dtype=dt).reshape(header.shape)
+    # A writable source buffer (bytearray, zmq frame) would give a writable view: enforce the
+    # documented read-only contract so no consumer mutates a buffer that others share.
+    arr.flags.writeable = False
     return arr
 
 
