@@ -32,6 +32,7 @@ class PositionHistory:
         self._v: deque[tuple[float, float, float]] = deque(maxlen=maxlen)
         self.nominal: dict[str, float] = dict.fromkeys(AXES, 0.0)
         self._last: dict[str, float] = dict.fromkeys(AXES, 0.0)
+        self._seen: set[str] = set()  # axes with at least one readback
 
     def set_nominal(self, positions_um: Mapping[str, float]) -> None:
         """Set the nominal (zero-correction) positions; offsets are measured from these."""
@@ -41,6 +42,8 @@ class PositionHistory:
             if not math.isfinite(value):
                 raise ValueError(f"nominal {axis} position must be finite, got {value}")
             self.nominal[axis] = float(value)
+            if axis not in self._seen:  # no readback yet: the stage is assumed at nominal
+                self._last[axis] = float(value)
 
     def record(self, t: float, positions_um: Mapping[str, float]) -> None:
         """Record absolute positions of some axes at time ``t`` (others keep their last value).
@@ -53,6 +56,7 @@ class PositionHistory:
         for axis, value in positions_um.items():
             if axis in AXES and math.isfinite(value):
                 self._last[axis] = float(value)
+                self._seen.add(axis)
         self._t.append(float(t))
         self._v.append(tuple(self._last[a] - self.nominal[a] for a in AXES))  # type: ignore[arg-type]
 
