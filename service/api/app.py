@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.requests import Request
@@ -209,36 +209,44 @@ def create_app(
         """Live events, throttled per client (see :mod:`tomolock.service.api.live`)."""
         await hub.handle(websocket)
 
-    control = APIRouter(
-        tags=[CONTROL_TAG],
-        dependencies=[Depends(make_token_check(expected))],
-        responses=_AUTH_ERRORS,
-    )
+    # Not an APIRouter: FastAPI >= 0.16x includes routers lazily, hiding them from app.routes.
+    guarded: dict[str, Any] = {
+        "tags": [CONTROL_TAG],
+        "dependencies": [Depends(make_token_check(expected))],
+        "responses": _AUTH_ERRORS,
+    }
 
-    @control.post("/control/enable", response_model=EnableResponse, summary="Enable feedback")
+    @app.post(
+        "/control/enable", response_model=EnableResponse, summary="Enable feedback", **guarded
+    )
     async def enable(request: ControlRequest) -> EnableResponse:
         """Enable the feedback loop (takes effect before the next frame)."""
         await _control(backend.set_enabled(True, request.reason))
         return EnableResponse(enabled=True, reason=request.reason)
 
-    @control.post("/control/disable", response_model=EnableResponse, summary="Disable feedback")
+    @app.post(
+        "/control/disable", response_model=EnableResponse, summary="Disable feedback", **guarded
+    )
     async def disable(request: ControlRequest) -> EnableResponse:
         """Disable the feedback loop at once; the stage keeps its last offset."""
         await _control(backend.set_enabled(False, request.reason))
         return EnableResponse(enabled=False, reason=request.reason)
 
-    @control.post("/config", response_model=ConfigResponse, summary="Change runtime config")
+    @app.post("/config", response_model=ConfigResponse, summary="Change runtime config", **guarded)
     async def update_config(patch: ConfigPatch) -> ConfigResponse:
         """Change interlock limits, confidence threshold, dead band or mode; rest unchanged."""
         return ConfigResponse(config=await _control(backend.update_config(patch)))
 
-    @control.post("/reference", response_model=ReferenceResponse, summary="Set reference")
+    @app.post("/reference", response_model=ReferenceResponse, summary="Set reference", **guarded)
     async def set_reference(request: ReferenceRequest) -> ReferenceResponse:
         """Choose how the estimator picks its reference image."""
         return ReferenceResponse(reference=await _control(backend.set_reference(request)))
 
-    @control.post(
-        "/model/runout", response_model=RunoutModelResponse, summary="Store a runout model"
+    @app.post(
+        "/model/runout",
+        response_model=RunoutModelResponse,
+        summary="Store a runout model",
+        **guarded,
     )
     async def set_runout_model(
         model: Annotated[dict[str, Any], Body(examples=[_RUNOUT_EXAMPLE])],
@@ -248,7 +256,6 @@ def create_app(
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "runout model is empty")
         return RunoutModelResponse(model=await _control(backend.set_runout_model(model)))
 
-    app.include_router(control)
     return app
 
 
