@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -93,6 +94,7 @@ def backend() -> InMemoryBackend:
     return make_backend()
 
 
+@asynccontextmanager
 async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -102,13 +104,13 @@ async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(backend: InMemoryBackend) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(create_app(backend, token=TOKEN)):
+    async with _client(create_app(backend, token=TOKEN)) as c:
         yield c
 
 
 @pytest.fixture
 async def tokenless(backend: InMemoryBackend) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _client(create_app(backend, token=None)):
+    async with _client(create_app(backend, token=None)) as c:
         yield c
 
 
@@ -490,7 +492,7 @@ async def test_refused_control_is_409(backend: InMemoryBackend) -> None:
         raise ControlRefusedError("cannot change the reference while scan-2 is running")
 
     backend.set_reference = refuse  # type: ignore[method-assign]
-    async for client in _client(create_app(backend, token=TOKEN)):
+    async with _client(create_app(backend, token=TOKEN)) as client:
         r = await client.post("/reference", json={"strategy": "mirror"}, headers=AUTH)
         assert r.status_code == 409
         assert r.json()["detail"] == "cannot change the reference while scan-2 is running"

@@ -199,6 +199,11 @@ class LiveHub:
         self._closing = asyncio.Event()
         self._handlers: set[asyncio.Task[Any]] = set()
 
+    @property
+    def shut_down(self) -> bool:
+        """True after :meth:`shutdown` (until the next :meth:`start`)."""
+        return self._closing.is_set()
+
     def start(self) -> None:
         """Accept clients (again); called at application startup."""
         self._closing.clear()
