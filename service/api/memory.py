@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tomolock.service.api.backend import UnknownScanError
@@ -113,7 +113,7 @@ class InMemoryBackend:
         rows.append(row)
         summary = self._scans[self._current]
         self._scans[self._current] = summary.model_copy(update={"frames": len(rows)})
-        self.publish({"type": "frame", "scan_id": self._current, **row.__dict__})
+        self.publish({"type": "frame", "scan_id": self._current, **asdict(row)})
 
     def end_scan(self, t: float | None = None) -> None:
         """End the current scan (publishes a ``scan_end`` event)."""
