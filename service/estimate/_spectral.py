@@ -1,0 +1,91 @@
+"""Low-level spectral helpers for the phase correlator (internal)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TWO_PI = 2.0 * np.pi
+
+
+def bin_sum(image: np.ndarray, factor: int, out: np.ndarray) -> np.ndarray:
+    """Sum ``factor x factor`` blocks of ``image`` into ``out`` (trailing rows/cols dropped).
+
+    Strided additions into a persistent buffer: no large temporaries, unlike a reshape-mean.
+    """
+    rows, cols = out.shape
+    np.copyto(out, image[0 : rows * factor : factor, 0 : cols * factor : factor], casting="unsafe")
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                out += image[i : rows * factor : factor, j : cols * factor : factor]
+    return out
+
+
+class PeriodicSmooth:
+    """Fourier-domain periodic-plus-smooth decomposition (Moisan 2011) for an ``rfft2`` grid.
+
+    The smooth component's spectrum is ``S = V / (2cos(2πk/M) + 2cos(2πl/N) - 4)`` where ``V``
+    is the spectrum of the boundary-jump image. ``V`` is a sum of two outer products of 1-D
+    spectra of the jumps, so removing ``S`` from the image spectrum costs two 1-D FFTs and a
+    few element-wise operations, no extra 2-D FFT.
+    """
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        rows, cols = shape
+        ky = np.arange(rows)[:, None]
+        kx = np.arange(cols // 2 + 1)[None, :]
+        denom = 2.0 * np.cos(TWO_PI * ky / rows) + 2.0 * np.cos(TWO_PI * kx / cols) - 4.0
+        denom[0, 0] = 1.0
+        inv = 1.0 / denom
+        inv[0, 0] = 0.0
+        # G_row multiplies the spectrum of the top/bottom jump, G_col that of the left/right one.
+        self.g_row = ((1.0 - np.exp(2j * np.pi * ky / rows)) * inv).astype(np.complex64)
+        self.g_col = ((1.0 - np.exp(2j * np.pi * kx / cols)) * inv).astype(np.complex64)
+
+    def jump_spectra(self, image: np.ndarray, workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the 1-D spectra of the top/bottom and left/right boundary jumps."""
+        import scipy.fft
+
+        a = scipy.fft.rfft(image[-1, :] - image[0, :], workers=workers).astype(np.complex64)
+        b = scipy.fft.fft(image[:, -1] - image[:, 0], workers=workers).astype(np.complex64)
+        return a, b
+
+
+def dft_patch(
+    spectrum: np.ndarray,
+    full_shape: tuple[int, int],
+    ys: np.ndarray,
+    xs: np.ndarray,
+) -> np.ndarray:
+    """Evaluate the real inverse DFT of a half spectrum at arbitrary points (matrix DFT).
+
+    Parameters
+    ----------
+    spectrum : numpy.ndarray
+        ``rfft2`` half spectrum, shape ``(M, N // 2 + 1)``.
+    full_shape : tuple of int
+        ``(M, N)`` of the real grid.
+    ys, xs : numpy.ndarray
+        Row and column coordinates (pixels, any real values) to evaluate.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(ys), len(xs))`` values equal to ``irfft2(spectrum)`` at integer points.
+    """
+    rows, cols = full_shape
+    half = spectrum.shape[1]
+    ky = np.fft.fftfreq(rows, d=1.0 / rows)
+    kx = np.arange(half, dtype=np.float64)
+    # Phases reduced modulo 1 in float64 before the complex64 exponential keeps the precision.
+    phase_y = np.mod(np.outer(ys, ky) / rows, 1.0)
+    phase_x = np.mod(np.outer(kx, xs) / cols, 1.0)
+    e_y = np.exp(TWO_PI * 1j * phase_y).astype(np.complex64)
+    e_x = np.exp(TWO_PI * 1j * phase_x)
+    # Hermitian symmetry: columns other than 0 and the Nyquist one stand for two spectra.
+    mult = np.full(half, 2.0)
+    mult[0] = 1.0
+    if cols % 2 == 0:
+        mult[-1] = 1.0
+    e_x = (e_x * mult[:, None]).astype(np.complex64)
+    return ((e_y @ spectrum) @ e_x).real / (rows * cols)
