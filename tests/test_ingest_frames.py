@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -203,7 +204,8 @@ async def test_slow_consumer_sees_increasing_newest_projections(sender_ctx):
     assert len(proj) + stats.dropped_overload == n_proj
 
 
-async def test_malformed_messages_counted_and_receiver_survives(sender_ctx):
+async def test_malformed_messages_counted_and_receiver_survives(sender_ctx, caplog):
+    caplog.set_level(logging.WARNING, logger="tomolock.service.ingest.frames")
     async with FrameReceiver(address="tcp://127.0.0.1:0", bind=True) as rx:
         tx = push_to(sender_ctx, rx.endpoint)
         good = frame_msg("A", 0)
@@ -230,6 +232,8 @@ async def test_malformed_messages_counted_and_receiver_survives(sender_ctx):
         }
         for msg in bad.values():
             tx.send_multipart(msg)
+        for _ in range(50):  # a flood of one kind must not flood the log
+            tx.send_multipart(bad["bad_json"])
         tx.send_multipart(good)
         item = await asyncio.wait_for(rx.get(), 10)
         assert isinstance(item, ReceivedFrame) and item.frame == 0
@@ -242,7 +246,7 @@ async def test_malformed_messages_counted_and_receiver_survives(sender_ctx):
     stats = rx.stats()
     assert stats.rejected == {
         "bad_parts": 3,
-        "bad_json": 2,
+        "bad_json": 52,
         "bad_size": 1,
         "bad_dtype": 1,
         "non_finite": 2,
@@ -252,8 +256,10 @@ async def test_malformed_messages_counted_and_receiver_survives(sender_ctx):
         "bad_field": 1,
         "shape_mismatch": 1,
     }
-    assert stats.received == len(bad) + 4
+    assert stats.received == len(bad) + 50 + 4
     assert stats.accepted == 3
+    rejections = [r for r in caplog.records if "rejected a message" in r.getMessage()]
+    assert len(rejections) == len(stats.rejected)  # one record per reason in the interval
 
 
 async def test_bad_announcement_keeps_control_message(sender_ctx):
@@ -373,3 +379,27 @@ def test_bad_config_rejected(kwargs, match):
 def test_config_and_settings_are_exclusive():
     with pytest.raises(TypeError, match="either config"):
         FrameReceiver(FrameReceiverConfig(), queue_size=3)
+
+
+def test_receive_rate_window(monkeypatch):
+    from tomolock.service.ingest import frames
+
+    now = [100.0]
+    monkeypatch.setattr(frames.time, "monotonic", lambda: now[0])
+    rx = FrameReceiver(rate_window_s=1.0)  # never opened: feed _handle directly
+    msg = [zmq.Frame(p) for p in control_msg("scan_end", "A")]
+    size = len(msg[0])
+    for k in range(10):
+        now[0] = 100.0 + 0.1 * k
+        rx._handle(msg)
+    assert rx.stats().rate_hz == 0.0  # no window completed yet
+    now[0] = 101.0
+    rx._handle(msg)  # completes the first window: 11 messages in 1.0 s
+    assert rx.stats().rate_hz == pytest.approx(11.0)
+    assert rx.stats().bytes_per_s == pytest.approx(11.0 * size)
+    now[0] = 101.5
+    assert rx.stats().rate_hz == pytest.approx(11.0)
+    now[0] = 103.0  # idle for longer than a window: the rate decays to zero
+    assert rx.stats().rate_hz == 0.0
+    assert rx.stats().received == 11
+    rx.close()
