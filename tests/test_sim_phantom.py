@@ -38,7 +38,7 @@ def test_phantom_has_all_kinds_of_features(phantom: Phantom) -> None:
     assert sum(e.density < 0 for e in ells) == 12  # pores
     assert len({round(e.density, 9) for e in ells if e.density > 0}) > 5  # several densities
     assert {e.edge_exponent for e in ells} == {0.0, 1.0}  # hard and smooth edges
-    assert len(phantom.blobs) == round(SHAPE[0] * SHAPE[1] / 500)
+    assert len(phantom.blobs) == round(SHAPE[0] * SHAPE[1] / 300)
 
 
 @pytest.mark.parametrize(

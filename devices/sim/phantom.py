@@ -225,8 +225,8 @@ def make_phantom(
     n_texture: int | None = None,
     host_attenuation: float = 1.3,
     particle_attenuation: tuple[float, float] = (0.1, 0.6),
-    texture_contrast: tuple[float, float] = (0.01, 0.05),
-    texture_sigma_px: tuple[float, float] = (0.7, 2.5),
+    texture_contrast: tuple[float, float] = (0.03, 0.10),
+    texture_sigma_px: tuple[float, float] = (0.6, 2.0),
 ) -> Phantom:
     """Make a seeded phantom of a nano-CT sample.
 
@@ -246,7 +246,7 @@ def make_phantom(
     n_particles, n_pores : int
         Number of internal particles and of pores.
     n_texture : int, optional
-        Number of texture blobs; default scales with the frame area (about 1 per 500 px^2).
+        Number of texture blobs; default scales with the frame area (1 per 300 px^2).
     host_attenuation : float
         Line integral through the host along its longest horizontal axis (its thickest
         view); the thinnest view has about 0.6 of it.
@@ -267,7 +267,7 @@ def make_phantom(
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if n_texture is None:
-        n_texture = round(rows * cols / 500)
+        n_texture = round(rows * cols / 300)
     if int(n_texture) != n_texture or n_texture < 0:
         raise ValueError(f"n_texture must be a non-negative integer, got {n_texture!r}")
     if not host_attenuation > 0:

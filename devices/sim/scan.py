@@ -78,7 +78,7 @@ class ScanConfig:
     t_start_s : float
         Drift clock at the start of the first frame (e.g. minutes into a thermal transient).
     n_particles, n_pores, n_texture, host_attenuation : phantom parameters
-        Passed to :func:`~.phantom.make_phantom` (``n_texture=None``: scales with the area).
+        Passed to :func:`~.phantom.make_phantom` (``n_texture=None``: 1 per 300 px^2).
     supersample : int
         Projector anti-aliasing (sub-samples per axis at ellipsoid outlines).
     keep_expected : bool
