@@ -365,6 +365,7 @@ async def test_address_in_use_is_a_clear_error():
     [
         ({"address": "127.0.0.1:5555"}, "address must look like"),
         ({"address": "tcp://127.0.0.1"}, "host and port"),
+        ({"address": "tcp://127.0.0.1:0"}, "concrete port"),
         ({"socket_type": "REQ"}, "socket_type"),
         ({"queue_size": 0}, "queue_size"),
         ({"rcvhwm": 0}, "rcvhwm"),

@@ -30,7 +30,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import zmq
 import zmq.asyncio
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from zmq.utils.monitor import parse_monitor_message
 
 from tomolock.service.wire import (
@@ -116,6 +116,13 @@ class FrameReceiverConfig(BaseModel):
             if not colon or not host or not (port == "*" or port.isdigit()):
                 raise ValueError(f"tcp address needs host and port (tcp://host:port), got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _connect_needs_port(self) -> Self:
+        port = self.address.rsplit(":", 1)[1]
+        if not self.bind and self.address.startswith("tcp://") and port in ("0", "*"):
+            raise ValueError(f"connecting needs a concrete port, got {self.address!r}")
+        return self
 
 
 @dataclass(frozen=True)
