@@ -110,6 +110,16 @@ def test_projection_noise_is_poisson_with_read_noise() -> None:
     assert abs(z.mean()) < 0.03
 
 
+def test_gaussian_noise_model_has_poisson_moments() -> None:
+    sim = ScanSimulator(ScanConfig(**SMALL, seed=4, noise_model="gaussian"))
+    frame = sim.projection(2, with_expected=True)
+    z = (frame.image - frame.expected) / np.sqrt(frame.expected - 100.0 + 1 / 12)
+    assert z.var() == pytest.approx(1.0, rel=0.04)
+    assert abs(z.mean()) < 0.03
+    poisson = ScanSimulator(ScanConfig(**SMALL, seed=4)).projection(2).image
+    assert not np.array_equal(frame.image, poisson)
+
+
 def test_beam_fluctuates_per_frame() -> None:
     sim = ScanSimulator(ScanConfig(**{**SMALL, "n_projections": 40}, beam_fluctuation=0.02))
     beams = np.array([sim._beam(k) for k in range(400)])
@@ -151,6 +161,7 @@ def test_render_noise_is_a_function_of_time(sim: ScanSimulator) -> None:
         {"seed": -3},
         {"shape": (3, 128)},
         {"drift": "typical"},
+        {"noise_model": "uniform"},
     ],
 )
 def test_bad_config_raises(kwargs: dict) -> None:
