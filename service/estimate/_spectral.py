@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 TWO_PI = 2.0 * np.pi
@@ -89,3 +91,36 @@ def dft_patch(
         mult[-1] = 1.0
     e_x = (e_x * mult[:, None]).astype(np.complex64)
     return ((e_y @ spectrum) @ e_x).real / (rows * cols)
+
+
+@lru_cache(maxsize=8)
+def periodic_smooth_tables(shape: tuple[int, int]) -> PeriodicSmooth:
+    """Return cached :class:`PeriodicSmooth` tables for a grid shape (they are read-only)."""
+    return PeriodicSmooth(shape)
+
+
+@lru_cache(maxsize=8)
+def gaussian_lowpass(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Half-spectrum weights of a Gaussian of std ``sigma`` pixels on an ``rfft2`` grid."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    weights = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2)).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
+def periodic_spectrum(image: np.ndarray, workers: int, periodic: bool = True) -> np.ndarray:
+    """``rfft2`` of the periodic component of ``image`` (allocating; for one-off use).
+
+    With ``periodic=False`` only the mean is removed (plain spectrum).
+    """
+    import scipy.fft
+
+    if not periodic:
+        return scipy.fft.rfft2(image - image.mean(), workers=workers)
+    tables = periodic_smooth_tables(image.shape)
+    a, b = tables.jump_spectra(image, workers)
+    spectrum = scipy.fft.rfft2(image, workers=workers)
+    spectrum -= tables.g_row * a[None, :]
+    spectrum -= tables.g_col * b[:, None]
+    return spectrum

@@ -41,7 +41,13 @@ import numpy as np
 import scipy.fft
 from scipy.signal import windows
 
-from ._spectral import PeriodicSmooth, bin_sum, dft_patch
+from ._spectral import (
+    bin_sum,
+    dft_patch,
+    gaussian_lowpass,
+    periodic_smooth_tables,
+    periodic_spectrum,
+)
 from .errors import InvalidFrameError
 from .types import ShiftEstimate
 from .validate import check_frame
@@ -107,10 +113,11 @@ class PhaseCorrelator:
     window : {None, "hann", "tukey"}
         Optional apodisation; rarely useful with ``periodic_smooth`` (which removes the edge
         discontinuity without discarding the frame border).
-    lowpass : float, optional
+    lowpass : float or None
         Standard deviation, in analysed (binned) pixels, of a Gaussian that smooths the
-        correlation surface (a Gaussian low-pass on the cross-power spectrum). ~1 helps at low
-        photon counts.
+        correlation surface (a Gaussian low-pass on the cross-power spectrum). The default 1.0
+        costs ~5 % accuracy on noiseless data and gains 6x at 100 counts/px (both frames
+        noisy); ``None`` disables it.
     mask : numpy.ndarray, optional
         Weights in [0, 1] (or boolean) with the frame's shape, applied identically to reference
         and frames after removing the weighted mean, e.g. to keep only the sample. The mask is
@@ -132,6 +139,15 @@ class PhaseCorrelator:
         (inverse FFT of the central half of the cross-power spectrum, 4x fewer points; the
         matrix-DFT refinement then starts from +-1 pixel). Used for analysed frames of at
         least 256 pixels on a side; saves most of the inverse FFT.
+    refine_overlap : bool, optional
+        Default: on. After the first estimate, crop reference and
+        frame to their common area (shifted by the integer part of the shift) and refine the
+        sub-pixel remainder on these crops, so content that entered or left the frame no
+        longer biases it. Costs two more forward
+        FFTs. Measured on 256² noiseless textures with shifts up to 15 px: 0.006 px RMS
+        instead of 0.066. Ignores ``window``. A ``mask`` is applied on the content: to the
+        reference crop and to the frame crop at the same content position (so near the
+        mask border the frame is weighted up to one shift away from the fixed mask).
     workers : int, optional
         Threads for ``scipy.fft``; default all CPUs available to the process. Use 1 when
         several frames are processed in parallel threads.
@@ -153,13 +169,14 @@ class PhaseCorrelator:
         upsample: int = 100,
         binning: int = 1,
         window: Window = None,
-        lowpass: float | None = None,
+        lowpass: float | None = 1.0,
         mask: np.ndarray | None = None,
         roi: tuple[int, int, int, int] | None = None,
         periodic_smooth: bool = True,
         normalisation: Normalisation = "none",
         fft_size: FFTSize = "trim",
         coarse_search: bool = True,
+        refine_overlap: bool | None = None,
         workers: int | None = None,
         saturation_value: float | None = None,
         max_saturated_fraction: float = 0.05,
@@ -191,6 +208,7 @@ class PhaseCorrelator:
         self._roi_spec = roi
         self._mask_input = mask
         self.coarse_search = bool(coarse_search)
+        self.refine_overlap = True if refine_overlap is None else bool(refine_overlap)
         self._frame_shape: tuple[int, int] | None = None
         self.set_reference(reference)
 
@@ -247,7 +265,7 @@ class PhaseCorrelator:
         self._cross = np.empty((m, half), np.complex64)
         self._mag = np.empty((m, half), np.float32)
         self._tmp = np.empty((m, half), np.complex64)
-        self._ps = PeriodicSmooth(self._grid) if self.periodic_smooth else None
+        self._ps = periodic_smooth_tables(self._grid) if self.periodic_smooth else None
         self._window2d = self._make_window() if self.window else None
         self._weights, self._weight_sum = self._make_mask(shape)
         self._lowpass_w = self._make_lowpass()
@@ -291,6 +309,7 @@ class PhaseCorrelator:
         if self.binning > 1:
             binned = np.empty(self._binned_shape, np.float32)
             region = bin_sum(region, self.binning, binned) / self.binning**2
+        self._weights_binned = np.ascontiguousarray(region, dtype=np.float32)
         weights = np.ascontiguousarray(region[: self._analysed[0], : self._analysed[1]])
         total = float(weights.sum())
         if total < 16:
@@ -300,12 +319,7 @@ class PhaseCorrelator:
         return weights, total
 
     def _make_lowpass(self) -> np.ndarray | None:
-        if self.lowpass is None:
-            return None
-        m, n = self._grid
-        fy = np.fft.fftfreq(m)[:, None]
-        fx = np.fft.rfftfreq(n)[None, :]
-        return np.exp(-2.0 * (np.pi * self.lowpass) ** 2 * (fy**2 + fx**2)).astype(np.float32)
+        return None if self.lowpass is None else gaussian_lowpass(self._grid, self.lowpass)
 
     # ------------------------------------------------------------------ reference
     def set_reference(self, reference: np.ndarray) -> None:
@@ -331,10 +345,13 @@ class PhaseCorrelator:
             self._setup_geometry(ref.shape)
             self._frame_shape = ref.shape
         work = self._prepare(ref)
+        self._ref_region = np.array(self._last_region, dtype=np.float32)
         if not np.ptp(work[: self._analysed[0], : self._analysed[1]]) > 0:
             raise InvalidFrameError("reference is constant inside the analysed area (roi/mask)")
         spectrum = self._spectrum(work)
         self._ref_conj = np.conj(spectrum)
+        if self.normalisation == "none" and self._lowpass_w is not None:
+            self._ref_conj *= self._lowpass_w  # a fixed weight costs nothing per frame here
         self._exclusion = self._peak_core_width(spectrum)
 
     def _peak_core_width(self, spectrum: np.ndarray) -> int:
@@ -364,6 +381,7 @@ class PhaseCorrelator:
         region = image[self._roi]
         if self._bin_buf is not None:
             region = bin_sum(region, self.binning, self._bin_buf)
+        self._last_region = region  # kept for the overlap refinement
         rows, cols = self._analysed
         region = region[:rows, :cols]
         target = self._work[:rows, :cols]
@@ -421,8 +439,6 @@ class PhaseCorrelator:
                 else:
                     r /= mag
             else:
-                if self._lowpass_w is not None:
-                    r *= self._lowpass_w[sl]
                 np.abs(r, out=mag)
                 total += float(mag.sum(axis=0) @ self._mult)
         if self.normalisation == "phase":
@@ -504,6 +520,8 @@ class PhaseCorrelator:
             patch = dft_patch(self._cross, self._grid, y + offsets, x + offsets)
             j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
             y, x, value = y + offsets[j], x + offsets[i], float(patch[j, i])
+        if self.refine_overlap:
+            y, x = self._overlap_refine(y, x)
         if not np.isfinite(value):  # upsample == 1: the integer peak is the answer
             value = float(dft_patch(self._cross, self._grid, np.array([y]), np.array([x]))[0, 0])
         peak = float(np.clip(value / norm, 0.0, 1.0))
@@ -525,6 +543,43 @@ class PhaseCorrelator:
             peak_ratio=ratio,
             method=f"{self.normalisation}/{method}",
         )
+
+    def _overlap_refine(self, y: float, x: float) -> tuple[float, float]:
+        """Re-estimate the sub-pixel shift on the common area of reference and frame."""
+        ky, kx = round(y), round(x)
+        rows, cols = self._binned_shape
+        crop_r = scipy.fft.prev_fast_len(rows - abs(ky), real=True) if rows > abs(ky) else 0
+        crop_c = scipy.fft.prev_fast_len(cols - abs(kx), real=True) if cols > abs(kx) else 0
+        if min(crop_r, crop_c) < 16:
+            return y, x
+        r0, c0 = max(0, -ky), max(0, -kx)
+        ref = np.ascontiguousarray(self._ref_region[r0 : r0 + crop_r, c0 : c0 + crop_c])
+        frame = np.ascontiguousarray(
+            self._last_region[r0 + ky : r0 + ky + crop_r, c0 + kx : c0 + kx + crop_c],
+            dtype=np.float32,
+        )
+        if self._weights is not None:
+            weights = self._weights_binned[r0 : r0 + crop_r, c0 : c0 + crop_c]
+            total = float(weights.sum())
+            if total < 16:
+                return y, x
+            ref = (ref - float(np.vdot(weights, ref)) / total) * weights
+            frame = (frame - float(np.vdot(weights, frame)) / total) * weights
+        grid = (crop_r, crop_c)
+        cross = periodic_spectrum(frame, self.workers, self.periodic_smooth)
+        cross *= np.conj(periodic_spectrum(ref, self.workers, self.periodic_smooth))
+        if self.normalisation == "phase":
+            cross /= np.maximum(np.abs(cross), _TINY)
+        if self.lowpass is not None:
+            cross *= gaussian_lowpass(grid, self.lowpass)
+        cross[0, 0] = 0.0
+        ry, rx = y - ky, x - kx
+        for spacing, points in _refine_stages(self.upsample, 0.3):
+            offsets = (np.arange(points) - points // 2) * spacing
+            patch = dft_patch(cross, grid, ry + offsets, rx + offsets)
+            j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
+            ry, rx = ry + offsets[j], rx + offsets[i]
+        return ky + float(ry), kx + float(rx)
 
     def _full_search(self) -> tuple[int, int, float, float]:
         m, n = self._grid
