@@ -254,3 +254,14 @@ def test_exact_and_image_based_crlb_agree_for_a_projection() -> None:
     _, col = spectral_gradient(sim.expected(40.0))
     inner = (slice(8, -8), slice(8, -8))
     assert np.corrcoef(grad[1][inner].ravel(), col[inner].ravel())[0, 1] < -0.9
+
+
+def test_shift_convention_matches_image_registration(sim: ScanSimulator) -> None:
+    from skimage.registration import phase_cross_correlation
+
+    ref = sim.projector.line_integrals(25.0, (0.0, 0.0))
+    moved = sim.projector.line_integrals(25.0, (2.3, -4.7))
+    found, _, _ = phase_cross_correlation(ref, moved, upsample_factor=20)
+    # skimage returns the shift that registers the moving image: the opposite sign. (Its
+    # accuracy suffers from content crossing the frame edges, hence the loose tolerance.)
+    assert found == pytest.approx((-2.3, 4.7), abs=0.25)
