@@ -152,6 +152,8 @@ class Phantom:
         Densities add where primitives overlap (pores carry negative density).
     size_px : tuple of int
         ``(rows, cols)`` of the detector frame the phantom was designed for.
+    seed : int, optional
+        Seed it was made with (informational; not part of equality).
     """
 
     primitives: tuple[Primitive, ...]
