@@ -77,8 +77,9 @@ def mass_profile_shift(
     ShiftEstimate
         ``dy`` (content moved down by ``+dy`` rows), ``dx = nan`` (not measured).
         ``peak`` = cosine similarity of the profiles at the best shift; ``confidence`` =
-        Pearson correlation (clipped to [0, 1]) between the reference profile and the frame
-        profile shifted back by ``dy``; ``peak_ratio = nan``.
+        fraction of the reference profile's variance explained by the frame profile shifted
+        back by ``dy`` (coefficient of determination, clipped to [0, 1]; it also drops when
+        the total mass differs); ``peak_ratio = nan``.
 
     Raises
     ------
@@ -115,8 +116,9 @@ def mass_profile_shift(
     norm = float(np.linalg.norm(p_ref) * np.linalg.norm(p_frm))
     peak = float(np.clip(values[best] / norm, 0.0, 1.0))
     back = scipy.fft.irfft(spec_frm * np.exp(2j * np.pi * k * dy / padded), padded)[:length]
-    pearson = float(np.corrcoef(p_ref, back)[0, 1]) if np.ptp(p_ref) > 0 else 0.0
-    confidence = float(np.clip(np.nan_to_num(pearson), 0.0, 1.0))
+    spread = float(np.sum((p_ref - p_ref.mean()) ** 2))
+    explained = 1.0 - float(np.sum((p_ref - back) ** 2)) / spread if spread > 0 else 0.0
+    confidence = float(np.clip(explained, 0.0, 1.0))
     return ShiftEstimate(
         dy=dy,
         dx=float("nan"),
