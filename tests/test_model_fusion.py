@@ -418,3 +418,30 @@ def test_bad_inputs_raise_clear_errors() -> None:
             angles, TRUTH.runout(angles)[:, :1], 1e-3, axes=["u"]
         )
         DriftFusion(runout=model)
+
+
+def test_unconfigured_sample_jitter_is_learned_not_diverged_on() -> None:
+    """5 nm white jitter of the sample that the configured 0.6 nm image sigma ignores."""
+    rng = np.random.default_rng(11)
+    angles, times = scan()
+    jitter = rng.normal(0, 0.005, (angles.size, 3))
+    values = image_values(rng, angles, times) + jitter
+    fusion = DriftFusion()
+    errors, _, results = run_images(fusion, angles, values, times)
+    # The jitter itself is unpredictable; the smooth drift is predicted below its level and
+    # about as well as by a filter configured with the right sigma.
+    informed = DriftFusion(
+        FusionConfig(
+            sources={"image": SourceConfig(sigma_um=float(np.hypot(IMAGE_SIGMA, 0.005)))},
+            noise_window=0,
+        )
+    )
+    errors_informed, _, _ = run_images(informed, angles, values, times)
+    # Once the noise is learned (noise_window = 100 readings):
+    assert rms(errors[150:, XZ]) < 0.005
+    assert rms(errors[150:, XZ]) < 1.3 * rms(errors_informed[150:, XZ])
+    assert sum(not r.accepted for r in results) < 20
+    learned = fusion.state_dict()["sources"]["image"]["excess_noise_um"]
+    assert learned["x"] == pytest.approx(0.005, rel=0.4)  # a median over ~100 readings
+    assert learned["z"] == pytest.approx(0.005, rel=0.4)
+    assert learned["y"] == 0.0
