@@ -63,11 +63,6 @@ learned per source from second differences of its own readings (model-free, so a
 state cannot feed back into it) and added to its variance. Without it, a 0.6 nm image sigma
 against 5 nm of real jitter made the gate/recovery logic diverge by micrometres.
 
-White noise the configuration misses (sample jitter / vibration, optimistic sigmas) is
-learned per source from second differences of its own readings (model-free, so a wrong
-state cannot feed back into it) and added to its variance. Without it, a 0.6 nm image sigma
-against 5 nm of real jitter made the gate/recovery logic diverge by micrometres.
-
 Measurements older than the filter time (an image processed after newer interferometer
 samples were fused) are applied with the retrodicted row ``T - V lag`` and the process noise
 accumulated over the lag added to their variance (the standard one-step approximation for
