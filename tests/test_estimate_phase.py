@@ -65,7 +65,7 @@ def test_integer_and_subpixel_shifts_both_signs(shift):
     est = phase_correlate(REF, frame)
     assert error(est, shift) < 0.05, est
     assert est.confidence > 0.6
-    assert est.method == "none/full"
+    assert est.method == "none/full+overlap"
 
 
 def test_sign_convention_matches_content_motion():
@@ -162,10 +162,21 @@ def test_local_search_around_prediction_equals_full_search():
     frame = blob_field(dy=shift[0], dx=shift[1]).astype(np.float32)
     corr = PhaseCorrelator(REF)
     full = corr.estimate(frame)
-    local = corr.estimate(frame, predicted=(6.0, -10.0), search_radius=5)
-    assert local.method == "none/local"
+    # Same integer alignment as the full search: same crops, same answer (to the grid).
+    local = corr.estimate(frame, predicted=(7.2, -11.4), search_radius=5)
+    assert local.method == "none/local+overlap"
     assert abs(local.dy - full.dy) <= 0.011 and abs(local.dx - full.dx) <= 0.011
-    assert error(local, shift) < 0.05
+    # A prediction two pixels off aligns other crops: still the same shift.
+    off = corr.estimate(frame, predicted=(6.0, -10.0), search_radius=5)
+    assert error(off, (full.dy, full.dx)) < 0.025
+    # Without the overlap step the local search runs on the full cross-power spectrum.
+    plain = PhaseCorrelator(REF, refine_overlap=False)
+    full_plain = plain.estimate(frame)
+    local_plain = plain.estimate(frame, predicted=(6.0, -10.0), search_radius=5)
+    assert local_plain.method == "none/local"
+    assert error(local_plain, (full_plain.dy, full_plain.dx)) <= 0.015
+    for est in (full, local, off):
+        assert error(est, shift) < 0.05
 
 
 def test_local_search_ignores_a_stronger_peak_outside_the_window():

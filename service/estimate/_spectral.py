@@ -93,13 +93,13 @@ def dft_patch(
     return ((e_y @ spectrum) @ e_x).real / (rows * cols)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def periodic_smooth_tables(shape: tuple[int, int]) -> PeriodicSmooth:
     """Return cached :class:`PeriodicSmooth` tables for a grid shape (they are read-only)."""
     return PeriodicSmooth(shape)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def gaussian_lowpass(shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Half-spectrum weights of a Gaussian of std ``sigma`` pixels on an ``rfft2`` grid."""
     fy = np.fft.fftfreq(shape[0])[:, None]

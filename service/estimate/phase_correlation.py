@@ -346,6 +346,7 @@ class PhaseCorrelator:
             self._frame_shape = ref.shape
         work = self._prepare(ref)
         self._ref_region = np.array(self._last_region, dtype=np.float32)
+        self._crop_cache: dict[tuple[int, int], np.ndarray] = {}
         if not np.ptp(work[: self._analysed[0], : self._analysed[1]]) > 0:
             raise InvalidFrameError("reference is constant inside the analysed area (roi/mask)")
         spectrum = self._spectrum(work)
@@ -376,11 +377,16 @@ class PhaseCorrelator:
         return int(min(max(width, self._min_exclusion), min(m, n) // 4))
 
     # ------------------------------------------------------------------ hot path
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        """Crop, bin, mask/window ``image`` into the persistent work buffer."""
+    def _region(self, image: np.ndarray) -> np.ndarray:
+        """ROI crop and binning (a view, or the persistent binning buffer)."""
         region = image[self._roi]
         if self._bin_buf is not None:
             region = bin_sum(region, self.binning, self._bin_buf)
+        return region
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        """Crop, bin, mask/window ``image`` into the persistent work buffer."""
+        region = self._region(image)
         self._last_region = region  # kept for the overlap refinement
         rows, cols = self._analysed
         region = region[:rows, :cols]
@@ -498,6 +504,14 @@ class PhaseCorrelator:
             saturation_value=self.saturation_value,
             max_saturated_fraction=self.max_saturated_fraction,
         )
+        if search_radius is not None and self.refine_overlap:
+            # Online path: the prediction aligns the crops before anything is transformed, so
+            # one forward FFT of the frame crop serves both the local search and refinement.
+            self._last_region = self._region(raw)
+            found = self._aligned_local_estimate(predicted or (0.0, 0.0), float(search_radius))
+            if found is not None:
+                y, x, value, norm, first, second = found
+                return self._result(y, x, value, norm, first, second, "local+overlap")
         work = self._prepare(raw)
         total = self._cross_power(work)
         norm = total / (self._grid[0] * self._grid[1])
@@ -512,18 +526,48 @@ class PhaseCorrelator:
             method = "full"
         else:
             centre = (0.0, 0.0) if predicted is None else predicted
-            iy, ix, first, second = self._local_search(centre, float(search_radius))
+            ys, xs = self._window_points(centre, float(search_radius), self._grid)
+            iy, ix, first, second = self._local_search(self._cross, self._grid, ys, xs)
             method = "local"
-        y, x, value = float(iy), float(ix), -np.inf
-        for spacing, points in _refine_stages(self.upsample, uncertainty):
-            offsets = (np.arange(points) - points // 2) * spacing
-            patch = dft_patch(self._cross, self._grid, y + offsets, x + offsets)
-            j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
-            y, x, value = y + offsets[j], x + offsets[i], float(patch[j, i])
-        if self.refine_overlap:
-            y, x = self._overlap_refine(y, x)
-        if not np.isfinite(value):  # upsample == 1: the integer peak is the answer
-            value = float(dft_patch(self._cross, self._grid, np.array([y]), np.array([x]))[0, 0])
+        ky, kx = round(iy), round(ix)
+        aligned = (ky, kx) != (0, 0) or self._binned_shape != self._grid
+        overlap = self._overlap_cross(ky, kx) if self.refine_overlap and aligned else None
+        if overlap is None:
+            y, x, value = self._refine(self._cross, self._grid, iy, ix, uncertainty)
+        else:
+            # The integer part of the shift aligns the crops; only a remainder is refined.
+            cross, grid, norm = overlap
+            y, x, value = self._refine(cross, grid, iy - ky, ix - kx, uncertainty)
+            y, x = y + ky, x + kx
+            method += "+overlap"
+        return self._result(y, x, value, norm, first, second, method)
+
+    def _aligned_local_estimate(
+        self, centre: tuple[float, float], radius: float
+    ) -> tuple[float, float, float, float, float, float] | None:
+        b = self.binning
+        ky, kx = round(centre[0] / b), round(centre[1] / b)
+        overlap = self._overlap_cross(ky, kx)
+        if overlap is None:
+            return None
+        cross, grid, norm = overlap
+        if norm <= 0:
+            return None
+        ys, xs = self._window_points((centre[0] - ky * b, centre[1] - kx * b), radius, grid)
+        iy, ix, first, second = self._local_search(cross, grid, ys, xs)
+        y, x, value = self._refine(cross, grid, iy, ix, 0.5)
+        return y + ky, x + kx, value, norm, first, second
+
+    def _result(
+        self,
+        y: float,
+        x: float,
+        value: float,
+        norm: float,
+        first: float,
+        second: float,
+        method: str,
+    ) -> ShiftEstimate:
         peak = float(np.clip(value / norm, 0.0, 1.0))
         # Primary and secondary peak come from the same (integer-grid) surface.
         if np.isnan(second):
@@ -544,42 +588,76 @@ class PhaseCorrelator:
             method=f"{self.normalisation}/{method}",
         )
 
-    def _overlap_refine(self, y: float, x: float) -> tuple[float, float]:
-        """Re-estimate the sub-pixel shift on the common area of reference and frame."""
-        ky, kx = round(y), round(x)
+    def _refine(
+        self, cross: np.ndarray, grid: tuple[int, int], y: float, x: float, uncertainty: float
+    ) -> tuple[float, float, float]:
+        """Two-stage matrix-DFT refinement of a peak known to within ``uncertainty`` px."""
+        value = -np.inf
+        for spacing, points in _refine_stages(self.upsample, uncertainty):
+            offsets = (np.arange(points) - points // 2) * spacing
+            patch = dft_patch(cross, grid, y + offsets, x + offsets)
+            j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
+            y, x, value = y + offsets[j], x + offsets[i], float(patch[j, i])
+        if not np.isfinite(value):  # upsample == 1: the integer peak is the answer
+            value = float(dft_patch(cross, grid, np.array([y]), np.array([x]))[0, 0])
+        return float(y), float(x), value
+
+    def _overlap_cross(self, ky: int, kx: int) -> tuple[np.ndarray, tuple[int, int], float] | None:
+        """Cross-power of reference and frame cropped to their common area.
+
+        The frame crop is taken ``(ky, kx)`` analysed pixels further along the shift, so both
+        crops hold the same content up to a remainder and nothing enters or leaves. Returns
+        ``None`` when the overlap is too small.
+        """
         rows, cols = self._binned_shape
         crop_r = scipy.fft.prev_fast_len(rows - abs(ky), real=True) if rows > abs(ky) else 0
         crop_c = scipy.fft.prev_fast_len(cols - abs(kx), real=True) if cols > abs(kx) else 0
         if min(crop_r, crop_c) < 16:
-            return y, x
+            return None
         r0, c0 = max(0, -ky), max(0, -kx)
-        ref = np.ascontiguousarray(self._ref_region[r0 : r0 + crop_r, c0 : c0 + crop_c])
-        frame = np.ascontiguousarray(
+        frame = np.array(
             self._last_region[r0 + ky : r0 + ky + crop_r, c0 + kx : c0 + kx + crop_c],
             dtype=np.float32,
         )
+        weights = None
         if self._weights is not None:
             weights = self._weights_binned[r0 : r0 + crop_r, c0 : c0 + crop_c]
-            total = float(weights.sum())
-            if total < 16:
-                return y, x
-            ref = (ref - float(np.vdot(weights, ref)) / total) * weights
-            frame = (frame - float(np.vdot(weights, frame)) / total) * weights
+            if weights.sum() < 16:
+                return None
+            frame = (frame - float(np.vdot(weights, frame)) / float(weights.sum())) * weights
         grid = (crop_r, crop_c)
         cross = periodic_spectrum(frame, self.workers, self.periodic_smooth)
-        cross *= np.conj(periodic_spectrum(ref, self.workers, self.periodic_smooth))
+        cross *= self._reference_crop_conj(ky, kx, grid, weights)
         if self.normalisation == "phase":
             cross /= np.maximum(np.abs(cross), _TINY)
-        if self.lowpass is not None:
-            cross *= gaussian_lowpass(grid, self.lowpass)
+            if self.lowpass is not None:
+                cross *= gaussian_lowpass(grid, self.lowpass)
         cross[0, 0] = 0.0
-        ry, rx = y - ky, x - kx
-        for spacing, points in _refine_stages(self.upsample, 0.3):
-            offsets = (np.arange(points) - points // 2) * spacing
-            patch = dft_patch(cross, grid, ry + offsets, rx + offsets)
-            j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
-            ry, rx = ry + offsets[j], rx + offsets[i]
-        return ky + float(ry), kx + float(rx)
+        magnitude = np.abs(cross)
+        total = 2.0 * float(magnitude.sum()) - float(magnitude[:, 0].sum())
+        if crop_c % 2 == 0:
+            total -= float(magnitude[:, -1].sum())
+        return cross, grid, total / (crop_r * crop_c)
+
+    def _reference_crop_conj(
+        self, ky: int, kx: int, grid: tuple[int, int], weights: np.ndarray | None
+    ) -> np.ndarray:
+        """Conjugate periodic spectrum of the reference crop; cached (the drift is slow)."""
+        key = (ky, kx)
+        cached = self._crop_cache.get(key)
+        if cached is not None:
+            return cached
+        r0, c0 = max(0, -ky), max(0, -kx)
+        ref = np.array(self._ref_region[r0 : r0 + grid[0], c0 : c0 + grid[1]])
+        if weights is not None:
+            ref = (ref - float(np.vdot(weights, ref)) / float(weights.sum())) * weights
+        conj = np.conj(periodic_spectrum(ref, self.workers, self.periodic_smooth))
+        if self.normalisation == "none" and self.lowpass is not None:
+            conj *= gaussian_lowpass(grid, self.lowpass)
+        if len(self._crop_cache) >= 4:
+            self._crop_cache.pop(next(iter(self._crop_cache)))
+        self._crop_cache[key] = conj
+        return conj
 
     def _full_search(self) -> tuple[int, int, float, float]:
         m, n = self._grid
@@ -623,24 +701,31 @@ class PhaseCorrelator:
         # Coarse pixels are two analysed pixels.
         return 2.0 * (ci + fy), 2.0 * (cj + fx), first, second
 
-    def _local_search(
-        self, centre: tuple[float, float], radius: float
-    ) -> tuple[int, int, float, float]:
-        m, n = self._grid
+    def _window_points(
+        self, centre: tuple[float, float], radius: float, grid: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Integer grid points (analysed px) of the search square around ``centre`` (full px)."""
         b = self.binning
         half = math.ceil(radius / b)
-        if 2 * half + 1 > min(m, n) // 2:
+        if 2 * half + 1 > min(grid) // 2:
             raise ValueError(
                 f"search_radius {radius} px covers more than half of the analysed frame; "
                 "use a full search (search_radius=None)"
             )
         ys = round(centre[0] / b) + np.arange(-half, half + 1)
         xs = round(centre[1] / b) + np.arange(-half, half + 1)
-        # Matrix DFT cost ~ points * M * N/2 complex MACs vs ~ M N log2(M N) for an inverse FFT.
-        if (2 * half + 1) * 4 <= math.log2(m * n) * 3:
-            values = dft_patch(self._cross, self._grid, ys.astype(float), xs.astype(float))
+        return ys, xs
+
+    def _local_search(
+        self, cross: np.ndarray, grid: tuple[int, int], ys: np.ndarray, xs: np.ndarray
+    ) -> tuple[int, int, float, float]:
+        m, n = grid
+        # A matrix DFT costs ~ points x M x N/2 complex MACs through BLAS; an inverse FFT
+        # ~ M N log2(M N) in pocketfft. Measured break-even: ~2 log2(M N) points.
+        if ys.size <= 2 * math.log2(m * n):
+            values = dft_patch(cross, grid, ys.astype(float), xs.astype(float))
         else:
-            surface = scipy.fft.irfft2(self._cross, s=self._grid, workers=self.workers)
+            surface = scipy.fft.irfft2(cross, s=grid, workers=self.workers)
             values = surface[np.ix_(ys % m, xs % n)].astype(np.float64)
         j, i = np.unravel_index(int(np.argmax(values)), values.shape)
         first = float(values[j, i])
