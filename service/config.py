@@ -87,6 +87,13 @@ class ModelSettings(_Section):
     """Drift-model options."""
 
     n_harmonics: int = Field(4, ge=1, le=16)
+    initial_offset_std_um: float = Field(
+        0.05,
+        gt=0,
+        description="prior on the sample's offset when the service starts: drift is motion "
+        "since the sample was aligned (the absolute offset is not observable by the "
+        "interferometer alone)",
+    )
     runout_model_file: Path | None = Field(None, description="fitted runout model (JSON)")
 
 

@@ -1,0 +1,698 @@
+"""The live drift-correction pipeline: ingest -> estimate -> model -> feedback -> record.
+
+:class:`DriftCorrectionService` wires the building blocks together on one asyncio loop and
+implements the API's :class:`~tomolock.service.api.backend.ServiceBackend`:
+
+* frames and control messages come, in order, from a
+  :class:`~tomolock.service.ingest.FrameReceiver` (projections newest-wins, everything else
+  lossless);
+* each projection is normalised and estimated by a :class:`FrameProcessor` in a worker thread
+  (the event loop stays free for the API and the sensor feeds);
+* the image estimate, converted to lab micrometres and with the fine-stage offset at its
+  exposure removed, updates the :class:`~tomolock.service.model.DriftFusion` filter, which
+  interferometer and microscope feeds update too (:meth:`feed_interferometer`, ...);
+* the drift predicted for the next exposure goes through the interlocked
+  :class:`~tomolock.service.feedback.FeedbackController` (publish, and move in ``apply`` mode);
+* every projection is appended to the scan's HDF5 drift log and to the in-memory history the
+  API serves, and a live event is published.
+
+Scan roles: a ``scan_start`` whose payload has ``"role": "reference"`` is a reference scan: its
+projections become the references of later scans (each stored with the lab position it carried:
+stage offset plus the model's drift estimate at its exposure), and the loop corrects from the
+sensor feeds alone meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from tomolock.service.api.backend import ControlRefusedError
+from tomolock.service.api.memory import DriftRow as HistoryRow
+from tomolock.service.api.memory import InMemoryBackend
+from tomolock.service.api.models import (
+    ComponentCheck,
+    ConfigPatch,
+    Counters,
+    DriftHistory,
+    HealthModel,
+    LoopStatus,
+    Metric,
+    ModelSummary,
+    Performance,
+    ReferenceRequest,
+    ScanStatus,
+    ScanSummary,
+    StageVector,
+    StatusModel,
+)
+from tomolock.service.config import TomolockSettings
+from tomolock.service.feedback import (
+    FeedbackController,
+    Interlocks,
+    PublishOnlyActuator,
+    SetpointPublisher,
+    StageActuator,
+)
+from tomolock.service.feedback.interlocks import InterlockConfig
+from tomolock.service.feedback.setpoint import DetectorMapping
+from tomolock.service.ingest import FrameReceiver, FrameReceiverConfig, ReceivedFrame
+from tomolock.service.model import DriftFusion, FusionConfig, Measurement, RunoutModel
+from tomolock.service.positions import PositionHistory
+from tomolock.service.processor import FrameProcessor, FrameResult
+from tomolock.service.record import DriftLog, DriftRow, EstimateRecord
+from tomolock.service.wire import ControlMessage
+
+log = logging.getLogger(__name__)
+
+AXES = ("x", "y", "z")
+ESTIMATORS = ("reference_scan", "mass_profile")
+
+
+def _version() -> str:
+    try:
+        return version("tomolock")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "unknown"
+
+
+def _opt(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class AxisPrediction:
+    """Prediction in the form the feedback controller reads (per-axis mappings)."""
+
+    mean_um: dict[str, float]
+    std_um: dict[str, float]
+    t: float
+    angle_deg: float
+    confidence: float = 1.0
+
+
+@dataclass
+class ScanState:
+    """What the service knows about the current scan."""
+
+    scan_id: str
+    role: str
+    start_time: float
+    angles_deg: list[float] | None = None
+    frame_period_s: float | None = None
+    received: int = 0
+    processed: int = 0
+    last_angle: float | None = None
+    last_t: float | None = None
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
+    ended: bool = False
+
+
+class DriftCorrectionService:
+    """The live drift-correction service.
+
+    Parameters
+    ----------
+    settings : TomolockSettings
+        Configuration.
+    actuator : StageActuator, optional
+        Moves the fine stage in ``apply`` mode; default publish-only (never moves).
+    runout : RunoutModel, optional
+        Calibrated runout, used as the drift model's prior.
+    clock : callable
+        Time source (Unix seconds).
+    """
+
+    def __init__(
+        self,
+        settings: TomolockSettings | None = None,
+        *,
+        actuator: StageActuator | None = None,
+        runout: RunoutModel | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.settings = settings or TomolockSettings()
+        s = self.settings
+        self.clock = clock
+        self.version = _version()
+        self.started = time.monotonic()
+        ing = s.ingest
+        self.receiver = FrameReceiver(
+            FrameReceiverConfig(
+                address=ing.frames_address,
+                socket_type=ing.frames_socket.upper(),
+                bind=ing.frames_bind,
+                rcvhwm=ing.rcvhwm,
+                max_message_bytes=ing.max_message_bytes,
+                queue_size=ing.frame_queue,
+            )
+        )
+        self.processor = FrameProcessor(s.estimate)
+        fb = s.feedback
+        self.mapping = DetectorMapping(
+            pixel_size_um=fb.pixel_size_um, sign_x=fb.sign_x, sign_z=fb.sign_z
+        )
+        self.runout = runout
+        fusion_config = FusionConfig(
+            axes=AXES,
+            n_harmonics=s.model.n_harmonics,
+            initial_offset_std_um=s.model.initial_offset_std_um,
+        )
+        self.fusion = DriftFusion(fusion_config, runout)
+        self.interlocks = Interlocks(fb.interlocks)
+        pub = urlsplit(fb.publish_address)
+        self.publisher = SetpointPublisher(pub.hostname or "127.0.0.1", pub.port or 0)
+        self.actuator: StageActuator = actuator or PublishOnlyActuator()
+        self.controller = FeedbackController(
+            self.interlocks, self.actuator, self.publisher, mode=fb.mode, axes=fb.axes
+        )
+        self.positions = PositionHistory()
+        self.store = InMemoryBackend(version=self.version)
+        self.scan: ScanState | None = None
+        self.drift_log: DriftLog | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._latency_ms: deque[float] = deque(maxlen=2000)
+        self._done_times: deque[float] = deque(maxlen=200)
+        self._interferometer_ok = True
+        self._last_interferometer: float | None = None
+        self._angle_now: float | None = None
+        self._nominal: dict[str, float] | None = None
+        self.counters: dict[str, int] = {
+            "frames_processed": 0, "frames_rejected_estimate": 0, "image_rejected_model": 0,
+            "sensor_updates": 0, "moves": 0, "holds": 0, "refusals": 0,
+        }
+        self.last_feedback: Any = None
+        self.last_result: FrameResult | None = None
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open sockets and start receiving and processing."""
+        self.publisher.start()
+        self.receiver.open()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.receiver.run(), name="tomolock-receiver"),
+            loop.create_task(self._consume(), name="tomolock-consumer"),
+        ]
+        log.info("listening for frames on %s", self.receiver.endpoint)
+
+    async def stop(self) -> None:
+        """Stop receiving, close the drift log and the sockets."""
+        self.receiver.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self._close_log()
+        self.receiver.close()
+        self.publisher.close()
+        self.store.close()
+        self._stopped.set()
+
+    async def __aenter__(self) -> DriftCorrectionService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ sensor feeds
+    def feed_stage(self, t: float, positions_um: dict[str, float]) -> None:
+        """Record fine-stage readbacks (absolute, um) at time ``t``."""
+        self.positions.record(t, positions_um)
+
+    def feed_angle(self, angle_deg: float) -> None:
+        """Record the current rotation angle (for sensor readings without their own)."""
+        if math.isfinite(angle_deg):
+            self._angle_now = float(angle_deg)
+
+    def feed_interferometer(
+        self, t: float, values_nm: tuple[float, float, float], *, ok: bool = True,
+        angle_deg: float | None = None,
+    ) -> None:
+        """Fuse an interferometer reading (nm, x/y/z, includes the stage offset)."""
+        self._interferometer_ok = bool(ok)
+        angle = self._angle_now if angle_deg is None else angle_deg
+        if angle is None or not math.isfinite(angle):
+            return
+        self._last_interferometer = t
+        off = self.positions.offset_at(t)
+        values = [v * 1e-3 - off[a] for v, a in zip(values_nm, AXES, strict=True)]
+        self.fusion.update(
+            Measurement.interferometer(t, angle, values, confidence=1.0 if ok else 0.0)
+        )
+        self.counters["sensor_updates"] += 1
+
+    def feed_microscope(
+        self, t: float, values_um: tuple[float, float, float], *, quality: bool = True,
+        angle_deg: float | None = None,
+    ) -> None:
+        """Fuse a visible-light microscope reading (um, x/y/z, includes the stage offset)."""
+        angle = self._angle_now if angle_deg is None else angle_deg
+        if angle is None or not math.isfinite(angle):
+            return
+        off = self.positions.offset_at(t)
+        values = [v - off[a] for v, a in zip(values_um, AXES, strict=True)]
+        self.fusion.update(Measurement.microscope(t, angle, values, quality))
+        self.counters["sensor_updates"] += 1
+
+    # ------------------------------------------------------------------ processing
+    async def _consume(self) -> None:
+        async for item in self.receiver:
+            try:
+                if isinstance(item, ControlMessage):
+                    await self._on_control(item)
+                elif item.header.kind == "projection":
+                    await self._on_projection(item)
+                elif item.header.kind == "dark":
+                    self.processor.add_dark(item.image)
+                else:
+                    self.processor.add_flat(item.image)
+            except Exception:  # one bad item must not stop the service
+                log.exception("failed to handle %r", getattr(item, "header", item))
+
+    async def _on_control(self, msg: ControlMessage) -> None:
+        if msg.event == "scan_start":
+            await self._begin_scan(msg)
+        elif msg.event == "scan_end":
+            self._end_scan(msg)
+        elif msg.event == "reference_set":
+            log.info("reference_set received for %s", msg.scan_id)
+
+    async def _begin_scan(self, msg: ControlMessage) -> None:
+        if self.scan is not None and not self.scan.ended:
+            log.warning("scan %s started before %s ended", msg.scan_id, self.scan.scan_id)
+            self._end_scan(None)
+        p = msg.payload
+        role = p.get("role", "measurement")
+        if role not in ("measurement", "reference"):
+            log.error("scan %s: unknown role %r, treated as measurement", msg.scan_id, role)
+            role = "measurement"
+        angles = p.get("angles_deg")
+        period = p.get("frame_period_s")
+        self.scan = ScanState(
+            scan_id=msg.scan_id, role=role, start_time=msg.timestamp,
+            angles_deg=[float(a) for a in angles] if isinstance(angles, list) else None,
+            frame_period_s=float(period) if isinstance(period, (int, float)) else None,
+        )
+        self.processor.begin_scan(role)
+        if self._nominal is None:
+            await self._capture_nominal()
+        self._open_log(msg.scan_id)
+        with contextlib.suppress(ValueError):
+            self.store.start_scan(msg.scan_id, msg.timestamp)
+        if self.scan.angles_deg:
+            # The stage still holds the last scan's correction (for its last angle): set it
+            # for this scan's first exposure before that exposure, not one frame late.
+            await self._correct(0, self.scan.angles_deg[0], self.clock(), ahead=0)
+        log.info("scan %s started (%s)", msg.scan_id, role)
+
+    def _end_scan(self, msg: ControlMessage | None) -> None:
+        if self.scan is None or self.scan.ended:
+            return
+        self.scan.ended = True
+        self._close_log()
+        with contextlib.suppress(RuntimeError):
+            self.store.end_scan(msg.timestamp if msg else self.clock())
+        log.info("scan %s ended: %d processed", self.scan.scan_id, self.scan.processed)
+
+    def _open_log(self, scan_id: str) -> None:
+        self._close_log()
+        directory = self.settings.record.directory
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.drift_log = DriftLog.for_scan(
+                directory, scan_id, pixel_size_um=self.settings.feedback.pixel_size_um,
+                estimators=ESTIMATORS, config=self.settings.model_dump(mode="json"),
+            )
+        except (OSError, ValueError) as exc:
+            # Never lose the loop over the record: say so loudly, keep correcting.
+            log.error("cannot open the drift log for %s: %s", scan_id, exc)
+            self.drift_log = None
+
+    def _close_log(self) -> None:
+        if self.drift_log is not None:
+            with contextlib.suppress(Exception):
+                self.drift_log.close()
+            self.drift_log = None
+
+    async def _capture_nominal(self) -> None:
+        """Fix the zero-correction stage position: where the stage is before any correction.
+
+        Captured once (first scan, or :meth:`reset_nominal`), never per scan: the stage then
+        still holds the last scan's correction, which must not become the new zero.
+        """
+        current = await self._current_positions()
+        self._nominal = {a: current.get(a, 0.0) for a in AXES}
+        self.positions.set_nominal(self._nominal)
+        self.controller.nominal_um = {a: self._nominal[a] for a in self.controller.axes}
+        log.info("nominal stage position %s um", self._nominal)
+
+    async def reset_nominal(self) -> None:
+        """Take the stage's current position as the new zero-correction position.
+
+        Use after the sample was realigned by hand; the drift model is reset too.
+        """
+        self._nominal = None
+        self.fusion.reset()
+        await self._capture_nominal()
+
+    async def _current_positions(self) -> dict[str, float]:
+        try:
+            return dict(await asyncio.wait_for(self.actuator.positions(), 2.0))
+        except Exception as exc:
+            log.warning("stage positions unavailable (%s); using last known", exc)
+            return self.positions.current()
+
+    def _next_exposure(
+        self, frame: int, angle: float, t: float, ahead: int | None = None
+    ) -> tuple[float, float]:
+        """Angle and time of the exposure ``ahead`` frames after ``frame``."""
+        scan = self.scan
+        ahead = self.settings.feedback.lookahead_frames if ahead is None else ahead
+        assert scan is not None
+        hist = list(scan.history)
+        period = scan.frame_period_s
+        if period is None and len(hist) >= 2:
+            period = (hist[-1][1] - hist[0][1]) / (len(hist) - 1)
+        period = period if period and period > 0 else 0.0
+        if scan.angles_deg and frame + ahead < len(scan.angles_deg):
+            return scan.angles_deg[frame + ahead], t + ahead * period
+        step = (hist[-1][0] - hist[0][0]) / (len(hist) - 1) if len(hist) >= 2 else 0.0
+        return angle + ahead * step, t + ahead * period
+
+    async def _on_projection(self, item: ReceivedFrame) -> None:
+        h = item.header
+        scan = self.scan
+        if scan is None or scan.ended or h.scan_id != scan.scan_id:
+            log.warning("projection of scan %s outside a running scan: ignored", h.scan_id)
+            return
+        scan.received += 1
+        t, angle = h.timestamp, h.angle_deg
+        self.feed_angle(angle)
+        offset = self.positions.offset_at(t)
+        position = None
+        if scan.role == "reference" and math.isfinite(angle):
+            pred = self.fusion.predict(angle, t)
+            position = {
+                a: offset[a] + float(m) for a, m in zip(pred.axes, pred.mean_um, strict=True)
+            }
+        res = await asyncio.to_thread(
+            self.processor.process, h.frame, angle, t, item.image, position_um=position
+        )
+        self.last_result = res
+        scan.processed += 1
+        if math.isfinite(angle):
+            scan.history.append((angle, t))
+            scan.last_angle, scan.last_t = angle, t
+        flags: list[str] = []
+        est = res.estimate
+        if res.strategy == "rejected":
+            self.counters["frames_rejected_estimate"] += 1
+            flags.append("estimate_failed")
+            log.warning("frame %d rejected: %s", h.frame, res.error)
+        elif est is not None and math.isfinite(angle):
+            upd = self.fusion.update(self._image_measurement(res, offset))
+            if not upd.accepted:
+                self.counters["image_rejected_model"] += 1
+                flags.append("outlier")
+        feedback = None
+        if math.isfinite(angle):
+            feedback = await self._correct(h.frame, angle, t)
+        self._record(item, res, flags, feedback)
+        self._latency_ms.append((time.time() - item.received_at) * 1e3)
+        self._done_times.append(time.monotonic())
+        self.counters["frames_processed"] += 1
+
+    def _image_measurement(self, res: FrameResult, offset: dict[str, float]) -> Measurement:
+        est = res.estimate
+        assert est is not None
+        dy = est.dy if math.isfinite(est.dy) else 0.0
+        dx = est.dx if math.isfinite(est.dx) else 0.0
+        resid = self.mapping.px_to_um(dy, dx)  # {"x", "z"} lab um
+        values = []
+        measured_axes = {"x": math.isfinite(est.dx), "y": False, "z": math.isfinite(est.dy)}
+        for axis, measured in measured_axes.items():
+            if not measured:
+                values.append(math.nan)
+                continue
+            ref = res.reference_position_um.get(axis, 0.0)
+            values.append(resid[axis] + ref - offset[axis])
+        return Measurement.image(res.t, res.angle_deg, values, confidence=est.confidence)
+
+    async def _correct(
+        self, frame: int, angle: float, t: float, *, ahead: int | None = None
+    ) -> Any:
+        next_angle, next_t = self._next_exposure(frame, angle, t, ahead)
+        pred = self.fusion.predict(next_angle, next_t)
+        axes = pred.axes
+        prediction = AxisPrediction(
+            mean_um={a: float(v) for a, v in zip(axes, pred.mean_um, strict=True)},
+            std_um={a: float(v) for a, v in zip(axes, pred.std_um, strict=True)},
+            t=next_t, angle_deg=next_angle,
+        )
+        ifm_ok = self._interferometer_ok
+        assert self.scan is not None
+        result = await self.controller.step(
+            prediction, scan_id=self.scan.scan_id, frame=frame,
+            current_positions_um=self.positions.current(), interferometer_ok=ifm_ok,
+        )
+        self.last_feedback = result
+        action = result.decision.action
+        self.counters[{"move": "moves", "hold": "holds"}.get(action, "refusals")] += 1
+        if result.applied_um:
+            # Commanded targets stand in for readbacks until the motor monitors report.
+            self.positions.record(self.clock(), result.applied_um)
+        return result
+
+    def _record(self, item: ReceivedFrame, res: FrameResult, flags: list[str], fb: Any) -> None:
+        est = res.estimate
+        h = item.header
+        pred = self.fusion.predict(res.angle_deg, res.t) if math.isfinite(res.angle_deg) else None
+        drift = (
+            {a: float(v) for a, v in zip(pred.axes, pred.mean_um, strict=True)} if pred else {}
+        )
+        std = {a: float(v) for a, v in zip(pred.axes, pred.std_um, strict=True)} if pred else {}
+        offset = self.positions.offset_at(res.t)
+        estimates = {}
+        if est is not None and res.strategy in ESTIMATORS:
+            estimates[res.strategy] = EstimateRecord(est.dy, est.dx, est.confidence)
+        decision = fb.decision.action if fb is not None else "none"
+        if fb is not None:
+            flags = flags + [r for r in fb.decision.reasons]
+        if self.drift_log is not None:
+            try:
+                self.drift_log.append(
+                    DriftRow(
+                        frame=h.frame, angle_deg=res.angle_deg, t=res.t, estimates=estimates,
+                        residual_dy_px=est.dy if est is not None else math.nan,
+                        residual_dx_px=est.dx if est is not None else math.nan,
+                        drift_um=drift, drift_std_um=std, applied_um=offset,
+                        decision=decision, flags=flags,
+                    )
+                )
+            except Exception as exc:
+                log.error("drift log append failed (%s); log closed", exc)
+                self._close_log()
+        target = fb.setpoint.offsets_um if fb is not None else {}
+        with contextlib.suppress(RuntimeError, ValueError):
+            self.store.add_frame(
+                HistoryRow(
+                    frame=h.frame, angle_deg=res.angle_deg, t=res.t,
+                    est_dy_px=_opt(est.dy) if est else None,
+                    est_dx_px=_opt(est.dx) if est else None,
+                    confidence=_opt(est.confidence) if est else None,
+                    drift_x_um=_opt(drift.get("x", math.nan)),
+                    drift_z_um=_opt(drift.get("z", math.nan)),
+                    correction_x_um=_opt(target.get("x", math.nan)),
+                    correction_z_um=_opt(target.get("z", math.nan)),
+                    decision=decision if fb is None else fb.decision.to_dict().get(
+                        "summary", decision),
+                )
+            )
+        truth = h.truth or {}
+        self.store.publish({
+            "type": "estimate", "scan_id": h.scan_id, "frame": h.frame, "strategy": res.strategy,
+            "truth_dy_px": truth.get("dy_px"), "truth_dx_px": truth.get("dx_px"),
+            "process_ms": round(res.process_ms, 3),
+        })
+
+    # ------------------------------------------------------------------ ServiceBackend
+    def _performance(self) -> Performance:
+        lat = np.asarray(self._latency_ms)
+        fps = None
+        if len(self._done_times) >= 2:
+            span = self._done_times[-1] - self._done_times[0]
+            fps = (len(self._done_times) - 1) / span if span > 0 else None
+        return Performance(
+            latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else None,
+            latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else None,
+            fps=fps,
+        )
+
+    def status(self) -> StatusModel:
+        """Return a snapshot of the service status."""
+        scan = ScanStatus(state="idle")
+        if self.scan is not None:
+            scan = ScanStatus(
+                state="ended" if self.scan.ended else "running", scan_id=self.scan.scan_id,
+                frames_received=self.scan.received, frames_processed=self.scan.processed,
+                last_frame_angle_deg=self.scan.last_angle, last_frame_time=self.scan.last_t,
+            )
+        fb = self.last_feedback
+        last_sp = None
+        if fb is not None:
+            off = fb.setpoint.offsets_um
+            vals = [off.get(a, 0.0) for a in AXES]
+            if all(math.isfinite(v) for v in vals):
+                last_sp = StageVector(x_um=vals[0], y_um=vals[1], z_um=vals[2])
+        loop = LoopStatus(
+            enabled=self.interlocks.enabled,
+            disabled_reason=None if self.interlocks.enabled else self.interlocks.disable_reason,
+            mode=self.controller.mode,
+            last_setpoint=last_sp,
+            last_decision=(
+                ":".join([fb.decision.action, *fb.decision.reasons]) if fb is not None else None
+            ),
+        )
+        st = self.receiver.stats()
+        model = ModelSummary(
+            kind="runout+thermal (Kalman)",
+            fitted=self.fusion.t is not None,
+            n_samples=int(sum(c.get("accepted", 0) for c in self.fusion.counts().values())),
+        )
+        return StatusModel(
+            version=self.version, uptime_s=time.monotonic() - self.started, scan=scan,
+            loop=loop, model=model,
+            counters=Counters(
+                frames_dropped=st.dropped_overload, frames_rejected=dict(st.rejected)
+            ),
+            performance=self._performance(),
+        )
+
+    def health(self) -> HealthModel:
+        """Return per-component health."""
+        checks = [
+            ComponentCheck(
+                name="ingest",
+                state="ok" if self._tasks and not self._tasks[0].done() else "failed",
+                detail=f"listening on {self.receiver.endpoint}",
+            ),
+            ComponentCheck(
+                name="record",
+                state="ok" if self.drift_log is not None or self.scan is None or self.scan.ended
+                else "degraded",
+                detail=str(self.settings.record.directory),
+            ),
+            ComponentCheck(
+                name="interferometer",
+                state="ok" if self._interferometer_ok else "degraded",
+                detail="signal ok" if self._interferometer_ok else "signal lost: loop holds",
+            ),
+        ]
+        return HealthModel.from_checks(checks)
+
+    def scans(self) -> list[ScanSummary]:
+        """Return the scans seen since start."""
+        return self.store.scans()
+
+    def drift_history(
+        self, scan_id: str, *, since_frame: int = 0, limit: int = 10000
+    ) -> DriftHistory:
+        """Return the drift history of a scan (raises UnknownScanError)."""
+        return self.store.drift_history(scan_id, since_frame=since_frame, limit=limit)
+
+    def metrics(self) -> list[Metric]:
+        """Return Prometheus samples."""
+        st = self.receiver.stats()
+        perf = self._performance()
+        out = [
+            Metric(name="tomolock_frames_received_total", type="counter",
+                   help="frames received", value=st.received),
+            Metric(name="tomolock_frames_dropped_total", type="counter",
+                   help="projections dropped under overload (newest wins)",
+                   value=st.dropped_overload),
+        ]
+        out += [
+            Metric(name="tomolock_messages_rejected_total", type="counter",
+                   help="messages rejected, per reason", labels={"reason": r}, value=n)
+            for r, n in st.rejected.items()
+        ]
+        out += [
+            Metric(name=f"tomolock_{k}_total", type="counter", help=k.replace("_", " "), value=v)
+            for k, v in self.counters.items()
+        ]
+        out.append(Metric(name="tomolock_loop_enabled", type="gauge",
+                          help="1 if corrections may be sent", value=int(self.interlocks.enabled)))
+        if perf.latency_p50_ms is not None:
+            for q, v in (("0.5", perf.latency_p50_ms), ("0.99", perf.latency_p99_ms)):
+                out.append(Metric(name="tomolock_frame_latency_ms", type="gauge",
+                                  help="frame receipt to decision latency, quantile",
+                                  labels={"quantile": q}, value=v))
+        return out
+
+    async def set_enabled(self, enabled: bool, reason: str) -> None:
+        """Enable or disable corrections, effective immediately."""
+        if enabled:
+            self.interlocks.enable()
+        else:
+            self.interlocks.disable(reason)
+        log.warning("loop %s by operator: %s", "enabled" if enabled else "disabled", reason)
+        self.store.publish({"type": "enabled", "enabled": enabled, "reason": reason})
+
+    async def update_config(self, patch: ConfigPatch) -> dict[str, Any]:
+        """Apply a validated configuration patch (interlocks, mode)."""
+        changes = patch.model_dump(exclude_none=True)
+        mode = changes.pop("mode", None)
+        interlock = changes.pop("interlock", {})
+        interlock.update(changes)  # min_confidence, dead_band_um live on the interlocks
+        current = self.interlocks.config.model_dump()
+        try:
+            new = InterlockConfig.model_validate({**current, **interlock})
+        except ValueError as exc:
+            raise ValueError(f"invalid interlock configuration: {exc}") from None
+        if mode is not None and mode == "apply" and isinstance(self.actuator, PublishOnlyActuator):
+            raise ControlRefusedError("no stage actuator is configured: cannot switch to apply")
+        self.interlocks.config = new
+        if mode is not None:
+            self.controller.mode = mode
+        result = {"mode": self.controller.mode, "interlock": new.model_dump(mode="json")}
+        self.store.publish({"type": "config", "config": result})
+        return result
+
+    async def set_reference(self, request: ReferenceRequest) -> dict[str, Any]:
+        """Choose the reference strategy (reference scans arrive as scans with role=reference)."""
+        if request.strategy != "reference_scan":
+            raise ControlRefusedError(
+                f"reference strategy {request.strategy!r} is not available live; stream a "
+                "reference scan (scan_start payload role='reference')"
+            )
+        if len(self.processor.references) == 0:
+            raise ControlRefusedError("no reference scan has been acquired")
+        return {"strategy": "reference_scan", "references": len(self.processor.references)}
+
+    async def set_runout_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        """Install a calibrated runout model as the drift model's prior (resets the filter)."""
+        runout = RunoutModel.from_dict(model)
+        self.runout = runout
+        self.fusion = DriftFusion(self.fusion.config, runout)
+        self.store.publish({"type": "runout_model", "harmonics": runout.n_harmonics})
+        return {"installed": True, "n_harmonics": runout.n_harmonics, "axes": list(runout.axes)}
+
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Return a subscription to live events."""
+        return self.store.subscribe()

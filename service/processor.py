@@ -1,0 +1,195 @@
+"""Per-frame computation of the live service: normalise, choose a reference, estimate.
+
+Pure computation (no sockets, no asyncio): the pipeline runs :meth:`FrameProcessor.process` in
+a worker thread. One processor serves one scan at a time; it is not thread-safe (the
+correlators reuse buffers), so the pipeline keeps a single worker.
+
+Strategies, chosen per frame and recorded:
+
+``reference_scan``
+    A reference projection within ``reference_angle_tolerance_deg`` exists (from a prior
+    reference scan): 2-D phase correlation gives ``dy, dx``.
+``mass_profile``
+    No reference at this angle: the integrated-mass row profile against the scan's first
+    projection gives ``dy`` only (rotation invariant); ``dx`` is not measured online.
+``reference_acquired``
+    The scan is itself a reference scan: the frame is stored as a reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from tomolock.service.config import EstimateSettings
+from tomolock.service.estimate import (
+    FlatDarkNormaliser,
+    InvalidFrameError,
+    ShiftEstimate,
+    beam_intensity_factor,
+    mass_profile_shift,
+    to_absorption,
+)
+from tomolock.service.references import ReferenceBank
+
+ScanRole = Literal["measurement", "reference"]
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the estimators made of one projection.
+
+    Attributes
+    ----------
+    frame, angle_deg, t : int, float, float
+        From the frame header (``t`` = exposure mid-time, s since the epoch).
+    strategy : str
+        ``"reference_scan"``, ``"mass_profile"``, ``"reference_acquired"`` or ``"rejected"``.
+    estimate : ShiftEstimate or None
+        The estimate used (``dx`` NaN when only the vertical axis is measured).
+    reference_position_um : dict
+        Lab position (stage offset + modelled drift, um) the chosen reference carried; the
+        frame's drift is ``estimate (um) + reference_position - stage offset now``.
+    beam_factor : float
+        Relative beam intensity of the frame (open-beam median of the transmission).
+    error : str or None
+        Why the frame was rejected (invalid frame, no flat yet, ...).
+    process_ms : float
+        Wall time spent in :meth:`FrameProcessor.process`.
+    """
+
+    frame: int
+    angle_deg: float
+    t: float
+    strategy: str
+    estimate: ShiftEstimate | None = None
+    reference_angle_deg: float | None = None
+    reference_position_um: dict[str, float] = field(default_factory=dict)
+    beam_factor: float = math.nan
+    error: str | None = None
+    process_ms: float = 0.0
+
+
+class FrameProcessor:
+    """Normalise projections and estimate their drift for one scan at a time.
+
+    Parameters
+    ----------
+    settings : EstimateSettings
+        Estimator options (upsample, binning, window, reference tolerance, ...).
+    """
+
+    def __init__(self, settings: EstimateSettings | None = None) -> None:
+        self.settings = settings or EstimateSettings()
+        s = self.settings
+        self.references = ReferenceBank(
+            tolerance_deg=s.reference_angle_tolerance_deg,
+            correlator_kwargs={
+                "upsample": s.upsample,
+                "binning": s.binning,
+                "window": s.window,
+                "lowpass": s.lowpass,
+                "roi": s.roi,
+                "periodic_smooth": s.periodic_smooth,
+                "workers": s.workers,
+            },
+        )
+        self.normaliser = FlatDarkNormaliser()
+        self.role: ScanRole = "measurement"
+        self._first: np.ndarray | None = None  # first projection (mass-profile reference)
+        self._buf: np.ndarray | None = None
+
+    def begin_scan(self, role: ScanRole, *, keep_dark_flat: bool = False) -> None:
+        """Start a scan: references are kept across scans, the first projection is not.
+
+        A reference scan replaces the reference bank.
+        """
+        if role not in ("measurement", "reference"):
+            raise ValueError(f"scan role must be 'measurement' or 'reference', got {role!r}")
+        self.role = role
+        self._first = None
+        if role == "reference":
+            self.references.clear()
+        if not keep_dark_flat:
+            self.normaliser.reset()
+            self._buf = None
+
+    def add_dark(self, image: np.ndarray) -> None:
+        """Accumulate a dark frame."""
+        self.normaliser.add_dark(image)
+
+    def add_flat(self, image: np.ndarray) -> None:
+        """Accumulate a flat (open-beam) frame."""
+        self.normaliser.add_flat(image)
+
+    def _absorption(self, raw: np.ndarray) -> tuple[np.ndarray, float]:
+        if self._buf is None or self._buf.shape != raw.shape:
+            self._buf = np.empty(raw.shape, np.float32)
+        trans = self.normaliser.normalise(raw, out=self._buf)
+        beam = beam_intensity_factor(trans)
+        trans /= np.float32(beam)
+        # A fresh array: references and the first projection keep it beyond this call.
+        return to_absorption(trans), beam
+
+    def process(
+        self,
+        frame: int,
+        angle_deg: float,
+        t: float,
+        raw: np.ndarray,
+        *,
+        position_um: dict[str, float] | None = None,
+    ) -> FrameResult:
+        """Estimate the drift of one raw projection.
+
+        Parameters
+        ----------
+        frame, angle_deg, t
+            Frame number, rotation angle (deg) and exposure time (s).
+        raw : numpy.ndarray
+            Raw detector counts.
+        position_um : dict, optional
+            Only for reference scans: the lab position the frame carries (stage offset plus
+            the model's drift estimate at its exposure), stored with the reference.
+
+        Returns
+        -------
+        FrameResult
+            Never raises for a bad frame: the result has ``strategy="rejected"`` and ``error``.
+        """
+        t0 = time.perf_counter()
+
+        def done(**kw: object) -> FrameResult:
+            return FrameResult(
+                frame=frame, angle_deg=angle_deg, t=t,
+                process_ms=(time.perf_counter() - t0) * 1e3, **kw,  # type: ignore[arg-type]
+            )
+
+        try:
+            absorption, beam = self._absorption(raw)
+        except InvalidFrameError as exc:
+            return done(strategy="rejected", error=str(exc))
+        if self._first is None:
+            self._first = absorption
+        if self.role == "reference":
+            if not math.isfinite(angle_deg):
+                return done(strategy="rejected", error="reference frame without an angle")
+            self.references.add(angle_deg, absorption, position_um=position_um or {})
+            return done(strategy="reference_acquired", beam_factor=beam)
+        try:
+            match = self.references.match(angle_deg)
+            if match is not None:
+                est = match.correlator.estimate(absorption)
+                return done(
+                    strategy="reference_scan", estimate=est, beam_factor=beam,
+                    reference_angle_deg=match.angle_deg,
+                    reference_position_um=dict(match.position_um),
+                )
+            est = mass_profile_shift(self._first, absorption, upsample=self.settings.upsample)
+        except InvalidFrameError as exc:
+            return done(strategy="rejected", error=str(exc), beam_factor=beam)
+        return done(strategy="mass_profile", estimate=est, beam_factor=beam)
