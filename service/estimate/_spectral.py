@@ -124,3 +124,78 @@ def periodic_spectrum(image: np.ndarray, workers: int, periodic: bool = True) ->
     spectrum -= tables.g_row * a[None, :]
     spectrum -= tables.g_col * b[:, None]
     return spectrum
+
+
+def flat_view(buffer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Contiguous ``shape`` view on the start of a larger persistent buffer."""
+    size = shape[0] * shape[1]
+    if size > buffer.size:
+        raise ValueError(f"buffer of {buffer.size} elements cannot hold {shape}")
+    return buffer.reshape(-1)[:size].reshape(shape)
+
+
+def fused_cross_power(
+    spectrum: np.ndarray,
+    full_cols: int,
+    jumps: tuple[np.ndarray, np.ndarray] | None,
+    tables: PeriodicSmooth | None,
+    ref_conj: np.ndarray,
+    out: np.ndarray,
+    mag: np.ndarray,
+    tmp: np.ndarray,
+    *,
+    phase: bool,
+    lowpass: np.ndarray | None,
+    block: int = 32,
+) -> float:
+    """Periodic correction, cross-power and magnitude sum, fused over row blocks.
+
+    ``spectrum`` (the frame's ``rfft2`` on a grid ``full_cols`` wide) is modified in place
+    into the periodic spectrum; ``out`` receives ``P_frame * ref_conj`` (phase-normalised and
+    low-passed if asked; a fixed weight for plain correlation should already be folded into
+    ``ref_conj``). Blocks keep the half-dozen element-wise passes in cache. Returns the
+    full-spectrum sum of ``|out|`` (Hermitian multiplicities included), DC bin excluded;
+    the DC bin of ``out`` is zeroed (it only carries the means).
+    """
+    rows = spectrum.shape[0]
+    even = full_cols % 2 == 0
+    total = 0.0
+    for r0 in range(0, rows, block):
+        sl = slice(r0, min(r0 + block, rows))
+        u = spectrum[sl]
+        t = tmp[sl]
+        if jumps is not None and tables is not None:
+            np.multiply(tables.g_row[sl], jumps[0][None, :], out=t)
+            u -= t
+            np.multiply(tables.g_col[sl], jumps[1][sl, None], out=t)
+            u -= t
+        r = out[sl]
+        np.multiply(u, ref_conj[sl], out=r)
+        m = mag[sl]
+        np.abs(r, out=m)
+        if phase:
+            # Every bin ends with magnitude = its low-pass weight (or 1).
+            np.maximum(m, _TINY, out=m)
+            if lowpass is not None:
+                np.divide(lowpass[sl], m, out=m)
+                r *= m
+                total += _half_sum(lowpass[sl], even)
+            else:
+                r /= m
+                total += (r.shape[0]) * (2 * r.shape[1] - 1 - int(even))
+        else:
+            total += _half_sum(m, even)
+    total -= float(abs(out[0, 0]))
+    out[0, 0] = 0.0
+    return total
+
+
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _half_sum(values: np.ndarray, even: bool) -> float:
+    """Sum over the full spectrum from a half-spectrum block (Hermitian multiplicities)."""
+    total = 2.0 * float(values.sum()) - float(values[:, 0].sum())
+    if even:
+        total -= float(values[:, -1].sum())
+    return total

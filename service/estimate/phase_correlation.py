@@ -44,6 +44,8 @@ from scipy.signal import windows
 from ._spectral import (
     bin_sum,
     dft_patch,
+    flat_view,
+    fused_cross_power,
     gaussian_lowpass,
     periodic_smooth_tables,
     periodic_spectrum,
@@ -55,8 +57,6 @@ from .validate import check_frame
 Window = Literal["hann", "tukey"] | None
 Normalisation = Literal["phase", "none"]
 FFTSize = Literal["trim", "pad"]
-
-_TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def _default_workers() -> int:
@@ -269,15 +269,6 @@ class PhaseCorrelator:
         self._window2d = self._make_window() if self.window else None
         self._weights, self._weight_sum = self._make_mask(shape)
         self._lowpass_w = self._make_lowpass()
-        mult = np.full(half, 2.0)
-        mult[0] = 1.0
-        if n % 2 == 0:
-            mult[-1] = 1.0
-        self._mult = mult
-        if self._lowpass_w is None:
-            self._phase_norm = float(m * mult.sum())
-        else:
-            self._phase_norm = float((self._lowpass_w.sum(axis=0) * mult).sum())
         self._coarse_grid = (m // 2 - m // 2 % 2, n // 2 - n // 2 % 2)
         self._use_coarse = self.coarse_search and min(m, n) >= 256
         self._coarse_buf = (
@@ -354,6 +345,30 @@ class PhaseCorrelator:
         if self.normalisation == "none" and self._lowpass_w is not None:
             self._ref_conj *= self._lowpass_w  # a fixed weight costs nothing per frame here
         self._exclusion = self._peak_core_width(spectrum)
+        self._pyramid = self._make_pyramid()
+
+    def _make_pyramid(self) -> PhaseCorrelator | None:
+        """Half-resolution correlator that finds the shift to ~0.2 px before the overlap step.
+
+        With the overlap refinement the full-resolution spectrum of the whole frame is not
+        needed: a 2x2-binned search (4x fewer pixels) locates the shift well enough to align
+        the crops, whose full-resolution spectrum then gives the final sub-pixel value.
+        """
+        if not (self.refine_overlap and min(self._binned_shape) >= 256):
+            return None
+        return PhaseCorrelator(
+            self._ref_region,
+            upsample=10,
+            binning=2,
+            lowpass=self.lowpass,
+            mask=self._weights_binned if self._weights is not None else None,
+            periodic_smooth=self.periodic_smooth,
+            normalisation=self.normalisation,
+            coarse_search=True,
+            refine_overlap=False,
+            workers=self.workers,
+            max_saturated_fraction=1.0,
+        )
 
     def _peak_core_width(self, spectrum: np.ndarray) -> int:
         """Half-width of the reference's own correlation peak (exclusion for the 2nd peak).
@@ -414,50 +429,21 @@ class PhaseCorrelator:
         return spectrum
 
     def _cross_power(self, work: np.ndarray) -> float:
-        """Fill ``self._cross`` with the weighted cross-power; return the sum of its magnitude.
-
-        Works in row blocks so the half-dozen element-wise passes stay in cache.
-        """
+        """Fill ``self._cross`` with the weighted cross-power; return the sum of its magnitude."""
         jumps = self._ps.jump_spectra(work, self.workers) if self._ps is not None else None
         spectrum = scipy.fft.rfft2(work, workers=self.workers, overwrite_x=True)
-        m = spectrum.shape[0]
-        block = 32
-        total = 0.0
-        for r0 in range(0, m, block):
-            sl = slice(r0, min(r0 + block, m))
-            u = spectrum[sl]
-            tmp = self._tmp[sl]
-            if jumps is not None:
-                np.multiply(self._ps.g_row[sl], jumps[0][None, :], out=tmp)
-                u -= tmp
-                np.multiply(self._ps.g_col[sl], jumps[1][sl, None], out=tmp)
-                u -= tmp
-            r = self._cross[sl]
-            np.multiply(u, self._ref_conj[sl], out=r)
-            mag = self._mag[sl]
-            if self.normalisation == "phase":
-                np.abs(r, out=mag)
-                np.maximum(mag, _TINY, out=mag)
-
-                if self._lowpass_w is not None:
-                    np.divide(self._lowpass_w[sl], mag, out=mag)
-                    r *= mag
-                else:
-                    r /= mag
-            else:
-                np.abs(r, out=mag)
-                total += float(mag.sum(axis=0) @ self._mult)
-        if self.normalisation == "phase":
-            # Every bin has magnitude = its low-pass weight (or 1): the sum is a constant,
-            # apart from the DC bin zeroed below.
-            total = self._phase_norm - (
-                float(self._lowpass_w[0, 0]) if self._lowpass_w is not None else 1.0
-            )
-        elif self.normalisation == "none":
-            total -= float(abs(self._cross[0, 0]))
-        # The DC term only carries the means: it adds a constant to the surface.
-        self._cross[0, 0] = 0.0
-        return total
+        return fused_cross_power(
+            spectrum,
+            self._grid[1],
+            jumps,
+            self._ps,
+            self._ref_conj,
+            self._cross,
+            self._mag,
+            self._tmp,
+            phase=self.normalisation == "phase",
+            lowpass=self._lowpass_w,
+        )
 
     def estimate(
         self,
@@ -504,6 +490,29 @@ class PhaseCorrelator:
             saturation_value=self.saturation_value,
             max_saturated_fraction=self.max_saturated_fraction,
         )
+        if search_radius is None and self._pyramid is not None:
+            region = self._region(raw)
+            coarse = self._pyramid._estimate_checked(region, None, None)
+            self._last_region = region
+            ky, kx = round(coarse.dy), round(coarse.dx)
+            overlap = self._overlap_cross(ky, kx)
+            if overlap is not None and coarse.peak > 0:
+                cross, grid, norm = overlap
+                y, x, value = self._refine(cross, grid, coarse.dy - ky, coarse.dx - kx, 0.5)
+                ratio = coarse.peak_ratio
+                second = 1.0 / ratio if np.isfinite(ratio) and ratio > 0 else float("nan")
+                if ratio == np.inf:
+                    second = 0.0
+                return self._result(y + ky, x + kx, value, norm, 1.0, second, "full+overlap")
+        return self._estimate_checked(raw, predicted, search_radius)
+
+    def _estimate_checked(
+        self,
+        raw: np.ndarray,
+        predicted: tuple[float, float] | None,
+        search_radius: float | None,
+    ) -> ShiftEstimate:
+        """Estimate for a frame that passed the checks (shared with the pyramid level)."""
         if search_radius is not None and self.refine_overlap:
             # Online path: the prediction aligns the crops before anything is transformed, so
             # one forward FFT of the frame crop serves both the local search and refinement.
@@ -615,28 +624,39 @@ class PhaseCorrelator:
         if min(crop_r, crop_c) < 16:
             return None
         r0, c0 = max(0, -ky), max(0, -kx)
-        frame = np.array(
-            self._last_region[r0 + ky : r0 + ky + crop_r, c0 + kx : c0 + kx + crop_c],
-            dtype=np.float32,
-        )
+        grid = (crop_r, crop_c)
+        frame = flat_view(self._work, grid)
+        view = self._last_region[r0 + ky : r0 + ky + crop_r, c0 + kx : c0 + kx + crop_c]
         weights = None
         if self._weights is not None:
             weights = self._weights_binned[r0 : r0 + crop_r, c0 : c0 + crop_c]
             if weights.sum() < 16:
                 return None
-            frame = (frame - float(np.vdot(weights, frame)) / float(weights.sum())) * weights
-        grid = (crop_r, crop_c)
-        cross = periodic_spectrum(frame, self.workers, self.periodic_smooth)
-        cross *= self._reference_crop_conj(ky, kx, grid, weights)
-        if self.normalisation == "phase":
-            cross /= np.maximum(np.abs(cross), _TINY)
-            if self.lowpass is not None:
-                cross *= gaussian_lowpass(grid, self.lowpass)
-        cross[0, 0] = 0.0
-        magnitude = np.abs(cross)
-        total = 2.0 * float(magnitude.sum()) - float(magnitude[:, 0].sum())
-        if crop_c % 2 == 0:
-            total -= float(magnitude[:, -1].sum())
+            mean = float(np.vdot(weights, view.astype(np.float32, copy=False)))
+            np.subtract(view, mean / float(weights.sum()), out=frame, casting="unsafe")
+            frame *= weights
+        else:
+            np.copyto(frame, view, casting="unsafe")
+        ref_conj = self._reference_crop_conj(ky, kx, grid, weights)
+        tables = periodic_smooth_tables(grid) if self.periodic_smooth else None
+        if tables is None:
+            frame -= frame.mean(dtype=np.float64)
+        jumps = tables.jump_spectra(frame, self.workers) if tables is not None else None
+        spectrum = scipy.fft.rfft2(frame, workers=self.workers, overwrite_x=True)
+        half = (crop_r, crop_c // 2 + 1)
+        cross = flat_view(self._cross, half)
+        total = fused_cross_power(
+            spectrum,
+            crop_c,
+            jumps,
+            tables,
+            ref_conj,
+            cross,
+            flat_view(self._mag, half),
+            flat_view(self._tmp, half),
+            phase=self.normalisation == "phase",
+            lowpass=gaussian_lowpass(grid, self.lowpass) if self.lowpass is not None else None,
+        )
         return cross, grid, total / (crop_r * crop_c)
 
     def _reference_crop_conj(
