@@ -8,13 +8,13 @@ sampled from the same drift truth (plus noise), as the simulated IOC does.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tomolock.devices.sim.drift import DriftParams, SimulatedDrift
+from tomolock.devices.sim.inprocess import InProcessStage, feed_interferometer, rotate, step_scan
 from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
 from tomolock.devices.sim.streamer import DetectorStreamer, ManualBeamState
 from tomolock.service.config import TomolockSettings
@@ -34,48 +34,6 @@ PARAMS = DriftParams(
 )
 
 
-class SimStage:
-    """In-process fine stage: moving it changes the streamer's beam state immediately."""
-
-    def __init__(self, beam: ManualBeamState) -> None:
-        self.beam = beam
-
-    async def positions(self) -> dict[str, float]:
-        x, y, z = self.beam.stage_offset_um
-        return {"x": x, "y": y, "z": z}
-
-    async def move(self, targets: dict[str, float], timeout: float) -> None:
-        off = dict(zip("xyz", self.beam.stage_offset_um, strict=True))
-        off.update(targets)
-        self.beam.stage_offset_um = (off["x"], off["y"], off["z"])
-
-
-async def _interferometer(service, drift, beam, stop: asyncio.Event, rng) -> None:
-    while not stop.is_set():
-        st = beam()
-        nm = (drift.interferometer_um(st.angle_deg, st.t_s) + st.stage_offset_um) * 1e3
-        nm = nm + rng.normal(0.0, 2.0, 3)
-        service.feed_interferometer(st.timestamp, tuple(nm), angle_deg=st.angle_deg)
-        await asyncio.sleep(0.01)
-
-
-async def _scan(streamer, service, beam, scan_id, angles, role) -> list:
-    headers = []
-    await streamer.start_scan(scan_id, {"role": role, "angles_deg": list(angles)})
-    for a in angles:
-        beam.angle_deg = float(a)
-        h = await streamer.acquire(0.01)
-        headers.append(h)
-        deadline = time.monotonic() + 10
-        while service.scan is None or service.scan.scan_id != scan_id or (
-            service.scan.processed < len(headers)
-        ):
-            assert time.monotonic() < deadline, "service did not process the frame"
-            await asyncio.sleep(0.002)
-    await streamer.end_scan()
-    return headers
-
-
 @pytest.mark.slow
 async def test_closed_loop_removes_runout_and_thermal_drift(tmp_path: Path) -> None:
     shape = (160, 160)
@@ -90,20 +48,17 @@ async def test_closed_loop_removes_runout_and_thermal_drift(tmp_path: Path) -> N
                   "interlocks": {"max_step_um": 1.5, "min_confidence": 0.2}},
         record={"directory": tmp_path},
     )
-    service = DriftCorrectionService(settings, actuator=SimStage(beam))
+    service = DriftCorrectionService(settings, actuator=InProcessStage(beam))
     angles = np.linspace(0.0, 180.0, 61)
     stop = asyncio.Event()
-    rng = np.random.default_rng(0)
     async with service:
-        feeder = asyncio.create_task(_interferometer(service, drift, beam, stop, rng))
+        feeder = asyncio.create_task(feed_interferometer(service, drift, beam, stop))
         try:
             # Runout calibration sweep: the interferometer feed alone fits the harmonics.
-            for a in np.linspace(0.0, 360.0, 181):
-                beam.angle_deg = float(a)
-                await asyncio.sleep(0.01)
-            await _scan(streamer, service, beam, "ref", angles, "reference")
+            await rotate(beam, np.linspace(0.0, 360.0, 181), 0.01)
+            await step_scan(streamer, service, beam, "ref", angles, role="reference")
             assert len(service.processor.references) == len(angles)
-            headers = await _scan(streamer, service, beam, "scan1", angles, "measurement")
+            headers = await step_scan(streamer, service, beam, "scan1", angles)
         finally:
             stop.set()
             await feeder
