@@ -1,10 +1,21 @@
 """Sub-pixel phase correlation against a cached reference.
 
-Pipeline per frame: ROI crop -> optional block binning -> optional mask / window ->
-``rfft2`` -> periodic-plus-smooth correction (Moisan 2011) -> cross-power spectrum
-(plain, or phase-normalised; optional Gaussian low-pass) -> integer peak (inverse FFT, or a
-local matrix DFT around a predicted shift) -> two-stage matrix-multiply DFT refinement
-(Guizar-Sicairos et al. 2008) to ``1 / upsample`` pixel.
+Building blocks: ROI crop -> optional block binning -> optional mask / window -> ``rfft2``
+-> periodic-plus-smooth correction (Moisan 2011) -> cross-power spectrum (plain, or
+phase-normalised; Gaussian low-pass) -> peak search (inverse FFT of the whole or of the central
+half of the spectrum, or a local matrix DFT around a predicted shift) -> two-stage
+matrix-multiply DFT refinement (Guizar-Sicairos et al. 2008) to ``1 / upsample`` pixel.
+
+Default path (``refine_overlap=True``):
+
+* full search: a 2x2-binned copy of the correlator finds the shift to a fraction of a pixel;
+  reference and frame are then cropped to their common area (the frame crop offset by the
+  integer shift) and the sub-pixel remainder is refined on the full-resolution crops. Content
+  that entered or left the frame is thus excluded instead of biasing the result.
+* with ``predicted`` and ``search_radius``: the crops are aligned on the prediction first, so a
+  single forward FFT of the frame crop serves the local search and the refinement.
+
+The reference crop spectra are cached per integer shift (drift is slow).
 
 Normalisation
 -------------
@@ -95,10 +106,10 @@ def _parabolic_offset(minus: float, centre: float, plus: float) -> float:
 class PhaseCorrelator:
     """Estimate the shift of frames relative to a fixed reference by phase correlation.
 
-    The reference spectrum and all large work buffers are computed once, so repeated calls to
-    :meth:`estimate` only pay for one forward FFT, one inverse FFT (skipped for a local search)
-    and a few element-wise passes. An instance is not thread-safe (it reuses buffers): use one
-    per thread.
+    The reference spectra and all large work buffers are computed once, so repeated calls to
+    :meth:`estimate` pay for one full-resolution forward FFT (plus a quarter-size FFT pair for
+    a full search) and a few fused element-wise passes. An instance is not thread-safe (it
+    reuses buffers): use one per thread.
 
     Parameters
     ----------
