@@ -257,6 +257,12 @@ class DriftCorrectionService:
         )
         self.counters["sensor_updates"] += 1
 
+    def interferometer_lost(self, reason: str) -> None:
+        """Mark the interferometer signal as lost (the interlocks may hold the loop)."""
+        if self._interferometer_ok:
+            log.warning("interferometer signal lost: %s", reason)
+        self._interferometer_ok = False
+
     def feed_microscope(
         self, t: float, values_um: tuple[float, float, float], *, quality: bool = True,
         angle_deg: float | None = None,
