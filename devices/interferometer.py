@@ -44,8 +44,8 @@ async def monitor_samples(
     """Combine per-axis CA monitors into one sample per sensor update.
 
     The IOC writes all axes of one sample with the same timestamp; a sample is complete when
-    every axis has reported that timestamp. ``extra`` signals contribute their latest value
-    (``None`` until the first monitor).
+    every axis has reported that timestamp. ``extra`` signals (status flags) contribute their
+    latest value; nothing is yielded before each of them has reported once.
 
     Yields
     ------
@@ -75,13 +75,14 @@ async def monitor_samples(
         while True:
             name, ts, value = await asyncio.wait_for(queue.get(), timeout)
             latest[name] = (ts, value)
-            if any(n not in latest for n in names):
+            # wait for every axis and the first value of every status signal
+            if any(n not in latest for n in names) or any(s.name not in latest for s in extra):
                 continue
             stamp = latest[names[0]][0]
             if stamp > last_ts and all(latest[n][0] == stamp for n in names):
                 last_ts = stamp
                 values = tuple(float(latest[n][1]) for n in names)
-                extras = tuple(latest.get(s.name, (0.0, None))[1] for s in extra)
+                extras = tuple(latest[s.name][1] for s in extra)
                 yield stamp, values, extras
     finally:
         for s in signals:

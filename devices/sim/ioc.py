@@ -103,6 +103,8 @@ class IocConfig:
         Detector frame shape (rows, cols).
     counts : float
         Mean flat-field counts per pixel.
+    n_darks, n_flats : int
+        Dark and flat frames sent after each ``scan_start``.
     zmq_mode : {"push", "pub"}
         Detector stream socket type.
     zmq_address : str
@@ -134,6 +136,8 @@ class IocConfig:
     drift_preset: str = "typical"
     shape: tuple[int, int] = (256, 256)
     counts: float = 1000.0
+    n_darks: int = 10
+    n_flats: int = 10
     zmq_mode: str = "push"
     zmq_address: str = "tcp://127.0.0.1:*"
     exposure_s: float = 0.01
@@ -152,6 +156,8 @@ class IocConfig:
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if self.n_darks < 0 or self.n_flats < 0:
+            raise ValueError(f"n_darks/n_flats must be >= 0, got {self.n_darks}/{self.n_flats}")
         if self.zmq_mode not in ("push", "pub"):
             raise ValueError(f"zmq_mode must be 'push' or 'pub', got {self.zmq_mode!r}")
         if self.drift_preset not in ("quiet", "typical", "severe"):
@@ -347,7 +353,7 @@ class SimBeamlineIOC:
         params = getattr(DriftParams, c.drift_preset)()
         self.simulator = ScanSimulator(
             ScanConfig(shape=(int(c.shape[0]), int(c.shape[1])), counts=c.counts,
-                       seed=c.drift_seed, drift=params)
+                       seed=c.drift_seed, drift=params, n_darks=c.n_darks, n_flats=c.n_flats)
         )
         # One drift instance for sensors and detector: they must agree exactly.
         self.drift: SimulatedDrift = self.simulator.drift
@@ -568,6 +574,8 @@ def add_ioc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=_shape, default=d.shape, metavar="ROWSxCOLS",
                         help="detector frame shape (default 256x256)")
     parser.add_argument("--counts", type=float, default=d.counts, help="flat-field counts/px")
+    parser.add_argument("--darks", type=int, default=d.n_darks, help="darks per scan")
+    parser.add_argument("--flats", type=int, default=d.n_flats, help="flats per scan")
     parser.add_argument("--zmq-mode", choices=("push", "pub"), default=d.zmq_mode)
     parser.add_argument("--zmq-address", default=d.zmq_address,
                         help="frame stream bind address (default %(default)s)")
@@ -581,7 +589,8 @@ def config_from_args(args: argparse.Namespace) -> IocConfig:
         rot_velocity_deg_s=args.rot_velocity, piezo_velocity_um_s=args.piezo_velocity,
         ifm_rate_hz=args.ifm_rate, vlm_rate_hz=args.vlm_rate, ifm_noise_nm=args.ifm_noise_nm,
         vlm_noise_um=args.vlm_noise_um, drift_seed=args.seed, drift_preset=args.drift,
-        shape=args.shape, counts=args.counts, zmq_mode=args.zmq_mode, zmq_address=args.zmq_address,
+        shape=args.shape, counts=args.counts, n_darks=args.darks, n_flats=args.flats,
+        zmq_mode=args.zmq_mode, zmq_address=args.zmq_address,
         exposure_s=args.exposure,
     )
 
