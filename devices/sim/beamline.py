@@ -174,7 +174,7 @@ class SimBeamline:
             "--ifm-noise-nm", repr(c.ifm_noise_nm), "--vlm-noise-um", repr(c.vlm_noise_um),
             "--seed", str(c.drift_seed), "--drift", c.drift_preset,
             "--shape", f"{c.shape[0]}x{c.shape[1]}", "--counts", repr(c.counts),
-            "--darks", str(c.n_darks), "--flats", str(c.n_flats),
+            "--darks", str(c.n_darks), "--flats", str(c.n_flats), "--noise", c.noise_model,
             "--zmq-mode", c.zmq_mode, "--zmq-address", c.zmq_address,
             "--exposure", repr(c.exposure_s),
         ]

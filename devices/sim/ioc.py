@@ -105,6 +105,8 @@ class IocConfig:
         Mean flat-field counts per pixel.
     n_darks, n_flats : int
         Dark and flat frames sent after each ``scan_start``.
+    noise_model : {"poisson", "gaussian"}
+        Detector noise; ``gaussian`` renders large frames ~3x faster.
     zmq_mode : {"push", "pub"}
         Detector stream socket type.
     zmq_address : str
@@ -138,6 +140,7 @@ class IocConfig:
     counts: float = 1000.0
     n_darks: int = 10
     n_flats: int = 10
+    noise_model: str = "poisson"
     zmq_mode: str = "push"
     zmq_address: str = "tcp://127.0.0.1:*"
     exposure_s: float = 0.01
@@ -156,6 +159,8 @@ class IocConfig:
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if self.noise_model not in ("poisson", "gaussian"):
+            raise ValueError(f"noise_model must be poisson or gaussian, got {self.noise_model!r}")
         if self.n_darks < 0 or self.n_flats < 0:
             raise ValueError(f"n_darks/n_flats must be >= 0, got {self.n_darks}/{self.n_flats}")
         if self.zmq_mode not in ("push", "pub"):
@@ -353,7 +358,8 @@ class SimBeamlineIOC:
         params = getattr(DriftParams, c.drift_preset)()
         self.simulator = ScanSimulator(
             ScanConfig(shape=(int(c.shape[0]), int(c.shape[1])), counts=c.counts,
-                       seed=c.drift_seed, drift=params, n_darks=c.n_darks, n_flats=c.n_flats)
+                       seed=c.drift_seed, drift=params, n_darks=c.n_darks, n_flats=c.n_flats,
+                       noise_model=c.noise_model)  # type: ignore[arg-type]
         )
         # One drift instance for sensors and detector: they must agree exactly.
         self.drift: SimulatedDrift = self.simulator.drift
@@ -574,6 +580,8 @@ def add_ioc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=_shape, default=d.shape, metavar="ROWSxCOLS",
                         help="detector frame shape (default 256x256)")
     parser.add_argument("--counts", type=float, default=d.counts, help="flat-field counts/px")
+    parser.add_argument("--noise", choices=("poisson", "gaussian"), default=d.noise_model,
+                        help="detector noise model (gaussian: faster large frames)")
     parser.add_argument("--darks", type=int, default=d.n_darks, help="darks per scan")
     parser.add_argument("--flats", type=int, default=d.n_flats, help="flats per scan")
     parser.add_argument("--zmq-mode", choices=("push", "pub"), default=d.zmq_mode)
@@ -590,7 +598,7 @@ def config_from_args(args: argparse.Namespace) -> IocConfig:
         ifm_rate_hz=args.ifm_rate, vlm_rate_hz=args.vlm_rate, ifm_noise_nm=args.ifm_noise_nm,
         vlm_noise_um=args.vlm_noise_um, drift_seed=args.seed, drift_preset=args.drift,
         shape=args.shape, counts=args.counts, n_darks=args.darks, n_flats=args.flats,
-        zmq_mode=args.zmq_mode, zmq_address=args.zmq_address,
+        noise_model=args.noise, zmq_mode=args.zmq_mode, zmq_address=args.zmq_address,
         exposure_s=args.exposure,
     )
 

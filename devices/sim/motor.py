@@ -237,7 +237,10 @@ class SimMotor(PVGroup):
         last = loop.time()
         try:
             while not self._stop_requested:
-                await asyncio.sleep(self._tick_s)
+                # short moves (feedback corrections) end as soon as they physically would,
+                # not at the next readback tick
+                velo = max(float(self.velo.value), 1e-12)
+                await asyncio.sleep(min(self._tick_s, abs(self._target_dial - self._dial) / velo))
                 now = loop.time()
                 step = max(float(self.velo.value), 1e-12) * (now - last)
                 last = now
