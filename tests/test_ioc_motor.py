@@ -99,3 +99,28 @@ async def test_set_mode_redefines_position_without_moving(sim_devices: SimDevice
         await z.set_use_switch.set("Use")
     assert await z.offset.get_value() == pytest.approx(0.0, abs=1e-9)
     await z.set(0.0)
+
+
+async def test_bare_record_name_and_retarget_while_moving(sim_devices: SimDevices):
+    rot = sim_devices.stage.rotation
+    prefix = sim_devices.beamline.prefixes.stage
+    await rot.set(0.0)
+    first = asyncio.ensure_future(aioca.caput(prefix + "ROT.VAL", 300.0, wait=True, timeout=5))
+    await wait_for_value(rot.motor_done_move, 0, timeout=2)
+    # a new target on the bare record name redirects the running move; both puts complete
+    # when the motor has stopped at the final target
+    await aioca.caput(prefix + "ROT", 40.0, wait=True, timeout=5)
+    await asyncio.wait_for(first, 5)
+    assert await rot.user_readback.get_value() == pytest.approx(40.0, abs=1e-9)
+    assert await rot.user_setpoint.get_value() == pytest.approx(40.0, abs=1e-9)
+    assert await rot.motor_done_move.get_value() == 1
+    await rot.set(0.0)
+
+
+async def test_invalid_velocity_put_fails_and_keeps_the_old_value(sim_devices: SimDevices):
+    x = sim_devices.stage.x
+    before = await x.velocity.get_value()
+    velo = sim_devices.beamline.prefixes.stage + "X.VELO"
+    with pytest.raises(aioca.CANothing, match="write request failed"):
+        await aioca.caput(velo, -1.0, wait=True, timeout=3)
+    assert await aioca.caget(velo) == before
