@@ -109,6 +109,25 @@ def gaussian_lowpass(shape: tuple[int, int], sigma: float) -> np.ndarray:
     return weights
 
 
+@lru_cache(maxsize=8)
+def bandpass_weights(shape: tuple[int, int], sigma: float | None) -> np.ndarray:
+    """Half-spectrum weights ``|f| * exp(-2 (pi sigma |f|)^2)`` (``|f|`` in cycles/pixel).
+
+    The ``|f|`` factor (a gradient-correlation weight) takes the large smooth structures,
+    whose periodic components are the least shift-consistent, out of the lead; the Gaussian
+    (``sigma`` pixels; omitted when None) keeps the noisy high frequencies out.
+    """
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    radius2 = fy**2 + fx**2
+    weights = np.sqrt(radius2)
+    if sigma is not None:
+        weights *= np.exp(-2.0 * (np.pi * sigma) ** 2 * radius2)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
+
+
 def periodic_spectrum(image: np.ndarray, workers: int, periodic: bool = True) -> np.ndarray:
     """``rfft2`` of the periodic component of ``image`` (allocating; for one-off use).
 
