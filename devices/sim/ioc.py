@@ -294,6 +294,7 @@ class SimBeamlineIOC:
         streamer = DetectorStreamer(
             self.simulator, self.drift, self.beam_state, address=self.config.zmq_address,
             mode=self.config.zmq_mode, seed=self.config.drift_seed + 2,  # type: ignore[arg-type]
+            control_timeout_s=3.0,  # a put-callback client (10 s default) must not time out first
         )
         self.det.streamer = streamer
         await self.det.zmq_addr.write(streamer.address)
