@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo clean
+.PHONY: venv test lint bench demo clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv lint
+# Headless browser for the dashboard tests (Debian package; playwright drives it, never
+# `playwright install`, which downloads browsers).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+test: venv lint chromium
 	$(BIN)/python -m pytest
 
 bench: venv

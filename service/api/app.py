@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Response, status
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.requests import Request
 from starlette.routing import Route
@@ -26,6 +26,7 @@ from tomolock.service.api.backend import (
     ServiceBackend,
     UnknownScanError,
 )
+from tomolock.service.api.dashboard import add_dashboard_routes
 from tomolock.service.api.live import LiveHub, LiveSettings
 from tomolock.service.api.models import (
     ComponentCheck,
@@ -115,8 +116,9 @@ def create_app(
     ValueError
         If ``token`` is empty or malformed.
     """
-    if not isinstance(backend, ServiceBackend):
-        missing = [m for m in BACKEND_METHODS if not callable(getattr(backend, m, None))]
+    # Not isinstance(): the Protocol also lists the optional methods (see backend.py).
+    missing = [m for m in BACKEND_METHODS if not callable(getattr(backend, m, None))]
+    if missing:
         raise TypeError(f"backend {type(backend).__name__} lacks ServiceBackend methods {missing}")
     expected = validate_token(token)
     hub = LiveHub(backend, live or LiveSettings())
@@ -142,8 +144,13 @@ def create_app(
     app.add_exception_handler(UnknownScanError, _unknown_scan)
 
     @app.get("/", response_model=IndexModel, summary="Index of endpoints")
-    async def index() -> IndexModel:
-        """List every endpoint, its methods and whether it needs the token."""
+    async def index(request: Request) -> IndexModel | RedirectResponse:
+        """List every endpoint, its methods and whether it needs the token.
+
+        A browser (``Accept: text/html``) is redirected to the dashboard instead.
+        """
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("dashboard", status.HTTP_307_TEMPORARY_REDIRECT)
         return IndexModel(name=title, version=version, endpoints=_endpoints(app))
 
     @app.get(
@@ -208,6 +215,9 @@ def create_app(
     async def live_feed(websocket: WebSocket) -> None:
         """Live events, throttled per client (see :mod:`tomolock.service.api.live`)."""
         await hub.handle(websocket)
+
+    # Before the control routes: the index keeps POST /config as the "/config" entry.
+    add_dashboard_routes(app, backend)
 
     # Not an APIRouter: FastAPI >= 0.16x includes routers lazily, hiding them from app.routes.
     guarded: dict[str, Any] = {

@@ -12,11 +12,16 @@ Errors a backend raises and how the API answers them:
 * :class:`ControlRefusedError` from a control method (not possible in the current state,
   e.g. changing the reference mid-scan) -> 409 with the message as ``detail``.
 * Anything else -> 500 (a bug).
+
+Optional methods (:data:`OPTIONAL_BACKEND_METHODS`: ``config``, ``model_state``,
+``latest_images``) feed the dashboard. They have defaults in :class:`ServiceBackend` (a class
+that subclasses it inherits them); a backend that merely matches the required methods need not
+define them, and the API then answers their endpoints with 501 (see :func:`optional_method`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from tomolock.service.api.models import (
@@ -43,6 +48,9 @@ BACKEND_METHODS = (
     "subscribe",
 )
 
+#: Methods a backend may have; the API calls them only when present (see ``optional_method``).
+OPTIONAL_BACKEND_METHODS = ("config", "model_state", "latest_images")
+
 #: ``type`` of live events that may be coalesced (newest wins) for slow clients.
 FRAME_EVENT_TYPE = "frame"
 
@@ -61,7 +69,11 @@ class ControlRefusedError(RuntimeError):
 
 @runtime_checkable
 class ServiceBackend(Protocol):
-    """What the API needs from the live pipeline."""
+    """What the API needs from the live pipeline.
+
+    ``isinstance(obj, ServiceBackend)`` also requires the optional methods; ``create_app``
+    checks only the required ones (:data:`BACKEND_METHODS`).
+    """
 
     def status(self) -> StatusModel:
         """Return a snapshot of the service status."""
@@ -126,3 +138,63 @@ class ServiceBackend(Protocol):
         ending means the backend is shutting down.
         """
         ...
+
+    # ------------------------------------------------------------------ optional (dashboard)
+
+    def config(self) -> dict[str, Any] | None:
+        """Return the effective runtime configuration (``GET /config``), or None if unknown.
+
+        The same dict :meth:`update_config` returns. The dashboard reads ``mode``,
+        ``interlock`` (keys of :class:`~tomolock.service.feedback.interlocks.InterlockConfig`:
+        ``soft_limits`` ``{"x": {"low", "high"}, ...}``, ``max_step_um``,
+        ``max_total_correction_um``, ``dead_band_um``, ``min_confidence``, ...) and, when
+        present, ``detector`` ``{"pixel_size_um", "sign_x", "sign_z"}`` (defaults 0.03, 1, 1).
+        """
+        return None
+
+    def model_state(self) -> dict[str, Any] | None:
+        """Return the fitted drift model for display (``GET /model``), or None before a fit.
+
+        Validated as :class:`~tomolock.service.api.models.ModelState`: ``kind``, ``fitted``,
+        ``harmonics`` per axis ``{"offset_um", "cos_um": [c1..cN], "sin_um": [s1..sN]}``
+        (``drift(theta) = offset + sum_k c_k cos k theta + s_k sin k theta``), ``residuals``
+        per axis ``{"angle_deg": [...], "residual_um": [...]}`` (observation minus model),
+        optional ``rms_residual_um`` per axis and scalar ``parameters``.
+        """
+        return None
+
+    def latest_images(self) -> dict[str, Any] | None:
+        """Return the latest projection thumbnail and its reference, or None when none yet.
+
+        Keys: ``frame`` (2-D ``uint8`` array, at most 1024 px a side), ``reference`` (same, or
+        None), optional ``frame_number`` (int) and ``angle_deg`` (float).
+        ``tomolock.service.api.dashboard.make_thumbnail`` turns a raw frame into such an array.
+        Called on the event loop: return prepared arrays, do no image processing here.
+        """
+        return None
+
+
+def optional_method(backend: object, name: str) -> Callable[[], Any] | None:
+    """Return a backend's optional method, or None when the backend does not provide it.
+
+    Parameters
+    ----------
+    backend : object
+        The backend.
+    name : str
+        One of :data:`OPTIONAL_BACKEND_METHODS`.
+
+    Returns
+    -------
+    callable or None
+        The bound method.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not an optional backend method.
+    """
+    if name not in OPTIONAL_BACKEND_METHODS:
+        raise ValueError(f"{name!r} is not one of {OPTIONAL_BACKEND_METHODS}")
+    method = getattr(backend, name, None)
+    return method if callable(method) else None

@@ -15,17 +15,25 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from tomolock.service.api.backend import UnknownScanError
+from tomolock.service.api.dashboard import check_thumbnail
 from tomolock.service.api.models import (
     ConfigPatch,
+    Counters,
     DriftColumns,
     DriftHistory,
     HealthModel,
     LoopStatus,
     Metric,
+    ModelSummary,
+    Performance,
     ReferenceRequest,
     ScanStatus,
     ScanSummary,
+    StageVector,
     StatusModel,
 )
 
@@ -67,10 +75,18 @@ class InMemoryBackend:
         Returned by :meth:`metrics`.
     calls : list of tuple
         Every control call, ``(method name, argument)``, in order.
-    config : dict
-        Runtime configuration, updated by :meth:`update_config`.
+    runtime_config : dict
+        Runtime configuration, updated by :meth:`update_config`, returned by :meth:`config`.
     events_dropped : int
         Events not queued for a full subscriber.
+    counters : Counters
+        Reported in the status; replace it to simulate drops and rejections.
+    performance : Performance
+        Reported in the status (latency, fps).
+    model_summary : ModelSummary or None
+        Reported in the status.
+    fitted_model : dict or None
+        Returned by :meth:`model_state` (see :class:`ModelState`); set it to show a model.
     """
 
     def __init__(self, *, version: str = "0.0.0-memory", subscriber_queue: int = 1000) -> None:
@@ -79,12 +95,17 @@ class InMemoryBackend:
         self.health_report = HealthModel(state="ok", checks=[])
         self.metric_samples: list[Metric] = []
         self.calls: list[tuple[str, Any]] = []
-        self.config: dict[str, Any] = {"mode": "publish-only", "interlock": {}}
+        self.runtime_config: dict[str, Any] = {"mode": "publish-only", "interlock": {}}
         self.reference: dict[str, Any] = {"strategy": "first_n", "n_frames": 1}
         self.runout_model: dict[str, Any] | None = None
         self.enabled = True
         self.disabled_reason: str | None = None
         self.events_dropped = 0
+        self.counters = Counters()
+        self.performance = Performance()
+        self.model_summary: ModelSummary | None = None
+        self.fitted_model: dict[str, Any] | None = None
+        self._images: dict[str, Any] | None = None
         self._scans: dict[str, ScanSummary] = {}
         self._rows: dict[str, list[DriftRow]] = {}
         self._current: str | None = None
@@ -143,6 +164,28 @@ class InMemoryBackend:
                     queue.get_nowait()  # the end marker must get through
                     self.events_dropped += 1
 
+    def set_images(
+        self,
+        frame: NDArray[np.uint8],
+        reference: NDArray[np.uint8] | None = None,
+        *,
+        frame_number: int | None = None,
+        angle_deg: float | None = None,
+    ) -> None:
+        """Store the latest projection thumbnail and its reference (see :meth:`latest_images`).
+
+        Raises
+        ------
+        ValueError
+            If an image is not a 2-D ``uint8`` thumbnail (see ``dashboard.make_thumbnail``).
+        """
+        self._images = {
+            "frame": check_thumbnail("frame", frame),
+            "reference": None if reference is None else check_thumbnail("reference", reference),
+            "frame_number": frame_number,
+            "angle_deg": angle_deg,
+        }
+
     @property
     def subscriber_count(self) -> int:
         """Number of open subscriptions."""
@@ -164,16 +207,23 @@ class InMemoryBackend:
                 last_frame_angle_deg=last.angle_deg if last else None,
                 last_frame_time=last.t if last else None,
             )
+        rows = self._rows[self._current] if self._current is not None else []
+        last_row = rows[-1] if rows else None
         loop = LoopStatus(
             enabled=self.enabled,
             disabled_reason=self.disabled_reason,
-            mode=self.config["mode"],
+            mode=self.runtime_config["mode"],
+            last_setpoint=_setpoint(last_row),
+            last_decision=last_row.decision if last_row else None,
         )
         return StatusModel(
             version=self.version,
             uptime_s=time.monotonic() - self.started,
             scan=scan,
             loop=loop,
+            model=self.model_summary,
+            counters=self.counters,
+            performance=self.performance,
         )
 
     def health(self) -> HealthModel:
@@ -215,16 +265,16 @@ class InMemoryBackend:
         """Merge a patch into :attr:`config` and return the result."""
         self.calls.append(("update_config", patch))
         changes = patch.model_dump(exclude_none=True)
-        dead_band = changes.get("dead_band_um", self.config.get("dead_band_um", 0.0))
+        dead_band = changes.get("dead_band_um", self.runtime_config.get("dead_band_um", 0.0))
         max_step = changes.get("interlock", {}).get(
-            "max_step_um", self.config["interlock"].get("max_step_um", math.inf)
+            "max_step_um", self.runtime_config["interlock"].get("max_step_um", math.inf)
         )
         if dead_band >= max_step:
             raise ValueError(f"dead_band_um ({dead_band}) must be below max_step_um ({max_step})")
-        interlock = {**self.config["interlock"], **changes.pop("interlock", {})}
-        self.config = {**self.config, **changes, "interlock": interlock}
-        self.publish({"type": "config", "config": self.config})
-        return self.config
+        interlock = {**self.runtime_config["interlock"], **changes.pop("interlock", {})}
+        self.runtime_config = {**self.runtime_config, **changes, "interlock": interlock}
+        self.publish({"type": "config", "config": self.runtime_config})
+        return self.runtime_config
 
     async def set_reference(self, request: ReferenceRequest) -> dict[str, Any]:
         """Store the reference choice; a reference scan must be known and ended."""
@@ -248,6 +298,29 @@ class InMemoryBackend:
     def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Return a new subscription to the events :meth:`publish` sends."""
         return _Subscription(self._subscribers, asyncio.Queue(self._subscriber_queue))
+
+    # ----------------------------------------------------------------- optional (dashboard)
+
+    def config(self) -> dict[str, Any]:
+        """Return :attr:`runtime_config`, the effective runtime configuration."""
+        return self.runtime_config
+
+    def model_state(self) -> dict[str, Any] | None:
+        """Return :attr:`fitted_model`."""
+        return self.fitted_model
+
+    def latest_images(self) -> dict[str, Any] | None:
+        """Return what :meth:`set_images` stored last, or None."""
+        return self._images
+
+
+def _setpoint(row: DriftRow | None) -> StageVector | None:
+    # The stage offset of the last frame, when both axes got one (y is not corrected).
+    if row is None or row.correction_x_um is None or row.correction_z_um is None:
+        return None
+    if not (math.isfinite(row.correction_x_um) and math.isfinite(row.correction_z_um)):
+        return None
+    return StageVector(x_um=row.correction_x_um, y_um=0.0, z_um=row.correction_z_um)
 
 
 class _Subscription:

@@ -523,6 +523,106 @@ class RunoutModelResponse(_Model):
     model: dict[str, Any]
 
 
+# --------------------------------------------------------------------------- dashboard
+
+Axis = Literal["x", "y", "z"]
+
+
+class HarmonicAxis(_Model):
+    """Runout harmonics of one axis: ``offset + sum_k cos_k cos(k theta) + sin_k sin(k theta)``.
+
+    ``cos_um[k-1]`` and ``sin_um[k-1]`` are the coefficients of harmonic ``k`` (micrometres).
+    """
+
+    offset_um: FiniteFloat = 0.0
+    cos_um: list[FiniteFloat] = Field(min_length=1, max_length=64)
+    sin_um: list[FiniteFloat] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _paired(self) -> Self:
+        if len(self.cos_um) != len(self.sin_um):
+            raise ValueError(
+                f"cos_um has {len(self.cos_um)} harmonics but sin_um {len(self.sin_um)}"
+            )
+        return self
+
+
+class AxisResiduals(_Model):
+    """Fit residuals of one axis (observation minus model) at the observed angles."""
+
+    angle_deg: FloatColumn
+    residual_um: FloatColumn
+
+    @model_validator(mode="after")
+    def _equal_lengths(self) -> Self:
+        if len(self.angle_deg) != len(self.residual_um):
+            raise ValueError(
+                f"residuals: {len(self.angle_deg)} angles but {len(self.residual_um)} values"
+            )
+        return self
+
+
+class ModelState(_Model):
+    """The fitted drift model as the dashboard shows it (from ``backend.model_state()``)."""
+
+    kind: str = Field(min_length=1, description="model family, e.g. 'runout+thermal'")
+    fitted: bool
+    harmonics: dict[Axis, HarmonicAxis] = Field(default_factory=dict)
+    residuals: dict[Axis, AxisResiduals] = Field(default_factory=dict)
+    rms_residual_um: dict[Axis, OptFloat] = Field(default_factory=dict)
+    parameters: dict[str, FiniteFloat] = Field(default_factory=dict)
+
+
+class ModelResponse(_Model):
+    """``GET /model``: the fitted drift model, or why there is none yet."""
+
+    available: bool
+    detail: str | None = Field(None, description="why the model is not available")
+    state: ModelState | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "available": True,
+                    "state": {
+                        "kind": "runout+thermal",
+                        "fitted": True,
+                        "harmonics": {
+                            "x": {"offset_um": 0.0, "cos_um": [0.31, 0.02],
+                                  "sin_um": [-0.12, 0.01]},
+                        },
+                        "residuals": {"x": {"angle_deg": [0.0, 0.5],
+                                            "residual_um": [0.004, -0.002]}},
+                        "rms_residual_um": {"x": 0.003},
+                    },
+                },
+                {"available": False, "detail": "no model fitted yet"},
+            ]
+        },
+    )  # fmt: skip
+
+
+class ImageInfo(_Model):
+    """One thumbnail: its size and a PNG data URL (8-bit greyscale)."""
+
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    png_data_url: str = Field(description="data:image/png;base64,...")
+
+
+class LatestImagesResponse(_Model):
+    """``GET /images/latest``: latest projection thumbnail and the reference it was matched to."""
+
+    available: bool
+    detail: str | None = Field(None, description="why no image is available")
+    frame_number: int | None = None
+    angle_deg: OptFloat = None
+    frame: ImageInfo | None = None
+    reference: ImageInfo | None = None
+
+
 # --------------------------------------------------------------------------- misc
 
 
