@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tomolock.service.api.backend import ControlRefusedError
+from tomolock.service.api.dashboard import make_thumbnail
 from tomolock.service.api.memory import DriftRow as HistoryRow
 from tomolock.service.api.memory import InMemoryBackend
 from tomolock.service.api.models import (
@@ -193,6 +194,10 @@ class DriftCorrectionService:
             "sensor_updates": 0, "moves": 0, "holds": 0, "refusals": 0,
         }
         self.last_feedback: Any = None
+        # Image-measurement innovations (measured minus model) for the dashboard's residuals.
+        self._residuals: deque[tuple[float, float, float]] = deque(maxlen=720)
+        self._images: dict[str, Any] | None = None
+        self._thumb_time = 0.0
         self.last_result: FrameResult | None = None
         self._stopped = asyncio.Event()
 
@@ -417,9 +422,7 @@ class DriftCorrectionService:
             position = {
                 a: offset[a] + float(m) for a, m in zip(pred.axes, pred.mean_um, strict=True)
             }
-        res = await asyncio.to_thread(
-            self.processor.process, h.frame, angle, t, item.image, position_um=position
-        )
+        res = await asyncio.to_thread(self._process, h.frame, angle, t, item.image, position)
         self.last_result = res
         scan.processed += 1
         if math.isfinite(angle):
@@ -436,6 +439,9 @@ class DriftCorrectionService:
             if not upd.accepted:
                 self.counters["image_rejected_model"] += 1
                 flags.append("outlier")
+            elif len(upd.innovation_um) == len(AXES):
+                ix, _, iz = upd.innovation_um
+                self._residuals.append((angle, ix, iz))
         feedback = None
         if math.isfinite(angle):
             feedback = await self._correct(h.frame, angle, t)
@@ -443,6 +449,26 @@ class DriftCorrectionService:
         self._latency_ms.append((time.time() - item.received_at) * 1e3)
         self._done_times.append(time.monotonic())
         self.counters["frames_processed"] += 1
+
+    def _process(
+        self, frame: int, angle: float, t: float, image: np.ndarray,
+        position: dict[str, float] | None,
+    ) -> FrameResult:
+        """Worker-thread part of a projection: estimate, and thumbnails at most once a second."""
+        res = self.processor.process(frame, angle, t, image, position_um=position)
+        now = time.monotonic()
+        if now - self._thumb_time >= 1.0:
+            self._thumb_time = now
+            ref = None
+            if res.reference_angle_deg is not None:
+                found = self.processor.references.nearest(res.reference_angle_deg)
+                if found is not None:
+                    ref = make_thumbnail(self.processor.references.image(found[0]))
+            self._images = {
+                "frame": make_thumbnail(image), "reference": ref,
+                "frame_number": frame, "angle_deg": angle,
+            }
+        return res
 
     def _image_measurement(self, res: FrameResult, offset: dict[str, float]) -> Measurement:
         est = res.estimate
@@ -625,7 +651,6 @@ class DriftCorrectionService:
     def metrics(self) -> list[Metric]:
         """Return Prometheus samples."""
         st = self.receiver.stats()
-        perf = self._performance()
         out = [
             Metric(name="tomolock_frames_received_total", type="counter",
                    help="frames received", value=st.received),
@@ -644,11 +669,17 @@ class DriftCorrectionService:
         ]
         out.append(Metric(name="tomolock_loop_enabled", type="gauge",
                           help="1 if corrections may be sent", value=int(self.interlocks.enabled)))
-        if perf.latency_p50_ms is not None:
-            for q, v in (("0.5", perf.latency_p50_ms), ("0.99", perf.latency_p99_ms)):
-                out.append(Metric(name="tomolock_frame_latency_ms", type="gauge",
-                                  help="frame receipt to decision latency, quantile",
-                                  labels={"quantile": q}, value=v))
+        lat = np.asarray(self._latency_ms)
+        if lat.size:
+            name, text = "tomolock_frame_latency_ms", "frame receipt to decision latency (ms)"
+            for q in (0.5, 0.9, 0.99):
+                out.append(Metric(name=name, type="summary", help=text,
+                                  labels={"quantile": str(q)},
+                                  value=float(np.quantile(lat, q))))
+            out.append(Metric(name=name, type="summary", help=text, suffix="_sum",
+                              value=float(lat.sum())))
+            out.append(Metric(name=name, type="summary", help=text, suffix="_count",
+                              value=lat.size))
         return out
 
     async def set_enabled(self, enabled: bool, reason: str) -> None:
@@ -698,6 +729,47 @@ class DriftCorrectionService:
         self.fusion = DriftFusion(self.fusion.config, runout)
         self.store.publish({"type": "runout_model", "harmonics": runout.n_harmonics})
         return {"installed": True, "n_harmonics": runout.n_harmonics, "axes": list(runout.axes)}
+
+    def config(self) -> dict[str, Any]:
+        """Return the live configuration: feedback mode, interlocks, detector mapping."""
+        fb = self.settings.feedback
+        return {
+            "mode": self.controller.mode,
+            "interlock": self.interlocks.config.model_dump(mode="json"),
+            "detector": {"pixel_size_um": fb.pixel_size_um, "sign_x": fb.sign_x,
+                         "sign_z": fb.sign_z},
+        }
+
+    def model_state(self) -> dict[str, Any] | None:
+        """Return the drift model's runout harmonics and recent image residuals."""
+        st = self.fusion.state_dict()
+        harmonics = {}
+        for axis in ("x", "z"):
+            coef = st["harmonics_um"][axis]
+            offset = st["thermal"][axis]["offset_um"]
+            harmonics[axis] = {
+                "offset_um": offset if offset is not None else 0.0,
+                "cos_um": [c if c is not None else 0.0 for c in coef[0::2]],
+                "sin_um": [c if c is not None else 0.0 for c in coef[1::2]],
+            }
+        res = np.array(self._residuals, dtype=float).reshape(-1, 3)
+        residuals, rms = {}, {}
+        for j, axis in ((1, "x"), (2, "z")):
+            ok = np.isfinite(res[:, j])
+            residuals[axis] = {"angle_deg": res[ok, 0].tolist(), "residual_um": res[ok, j].tolist()}
+            rms[axis] = float(np.sqrt(np.mean(res[ok, j] ** 2))) if ok.any() else None
+        return {
+            "kind": "runout+thermal (Kalman)", "fitted": self.fusion.t is not None,
+            "harmonics": harmonics, "residuals": residuals, "rms_residual_um": rms,
+            "parameters": {
+                f"thermal_{a}_um_per_s": float(st["thermal"][a]["velocity_um_per_s"] or 0.0)
+                for a in ("x", "z")
+            },
+        }
+
+    def latest_images(self) -> dict[str, Any] | None:
+        """Return thumbnails of the latest projection and its reference (refreshed at 1 Hz)."""
+        return self._images
 
     def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Return a subscription to live events."""

@@ -118,6 +118,10 @@ class ReferenceBank:
         self._positions.insert(i, dict(position_um or {}))
         self._cache.clear()  # indices moved
 
+    def image(self, index: int) -> np.ndarray:
+        """Return the reference image at ``index`` (as returned in :class:`ReferenceMatch`)."""
+        return self._images[index]
+
     def nearest(self, angle_deg: float) -> tuple[int, float] | None:
         """Index and angular distance of the closest reference, or None if the bank is empty."""
         if not self._angles:
