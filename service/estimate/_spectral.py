@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -58,6 +59,7 @@ def dft_patch(
     full_shape: tuple[int, int],
     ys: np.ndarray,
     xs: np.ndarray,
+    band: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Evaluate the real inverse DFT of a half spectrum at arbitrary points (matrix DFT).
 
@@ -69,6 +71,10 @@ def dft_patch(
         ``(M, N)`` of the real grid.
     ys, xs : numpy.ndarray
         Row and column coordinates (pixels, any real values) to evaluate.
+    band : tuple of int, optional
+        ``(row_cut, col_cut)``: only bins with ``|k_row| < row_cut`` and ``k_col < col_cut``
+        are summed (the others must be negligible, e.g. weighted down by a low-pass); the
+        cost falls in proportion.
 
     Returns
     -------
@@ -77,20 +83,46 @@ def dft_patch(
     """
     rows, cols = full_shape
     half = spectrum.shape[1]
+    row_cut, col_cut = band if band is not None else (rows, half)
+    row_cut = min(row_cut, rows // 2 + 1)
+    col_cut = min(col_cut, half)
     ky = np.fft.fftfreq(rows, d=1.0 / rows)
-    kx = np.arange(half, dtype=np.float64)
+    kx = np.arange(col_cut, dtype=np.float64)
     # Phases reduced modulo 1 in float64 before the complex64 exponential keeps the precision.
     phase_y = np.mod(np.outer(ys, ky) / rows, 1.0)
     phase_x = np.mod(np.outer(kx, xs) / cols, 1.0)
     e_y = np.exp(TWO_PI * 1j * phase_y).astype(np.complex64)
     e_x = np.exp(TWO_PI * 1j * phase_x)
     # Hermitian symmetry: columns other than 0 and the Nyquist one stand for two spectra.
-    mult = np.full(half, 2.0)
+    mult = np.full(col_cut, 2.0)
     mult[0] = 1.0
-    if cols % 2 == 0:
+    if cols % 2 == 0 and col_cut == half:
         mult[-1] = 1.0
     e_x = (e_x * mult[:, None]).astype(np.complex64)
-    return ((e_y @ spectrum) @ e_x).real / (rows * cols)
+    if row_cut * 2 - 1 >= rows:
+        partial = e_y @ spectrum[:, :col_cut]
+    else:
+        # Low positive and negative row frequencies: two strided blocks (BLAS takes them as
+        # they are, no copy).
+        top, bottom = slice(0, row_cut), slice(rows - row_cut + 1, rows)
+        partial = e_y[:, top] @ spectrum[top, :col_cut]
+        partial += e_y[:, bottom] @ spectrum[bottom, :col_cut]
+    return (partial @ e_x).real / (rows * cols)
+
+
+def band_limit(shape: tuple[int, int], sigma: float | None, rel: float = 1e-6) -> tuple[int, int]:
+    """``(row_cut, col_cut)`` of the bins where a Gaussian low-pass of ``sigma`` px exceeds ``rel``.
+
+    Outside, the weighted cross-power is below ``rel`` of its peak weight and can be skipped.
+    """
+    rows, cols = shape
+    if sigma is None:
+        return rows, cols // 2 + 1
+    f_cut = math.sqrt(math.log(1.0 / rel) / (2.0 * (math.pi * sigma) ** 2))
+    return (
+        min(rows, math.ceil(f_cut * rows) + 1),
+        min(cols // 2 + 1, math.ceil(f_cut * cols) + 1),
+    )
 
 
 @lru_cache(maxsize=4)

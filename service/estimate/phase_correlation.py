@@ -73,6 +73,7 @@ import scipy.fft
 from scipy.signal import windows
 
 from ._spectral import (
+    band_limit,
     bandpass_weights,
     bin_sum,
     dft_patch,
@@ -99,21 +100,42 @@ def _default_workers() -> int:
 
 
 def _refine_stages(upsample: int, uncertainty: float) -> list[tuple[float, int]]:
-    """Return ``(spacing, points)`` per refinement stage reaching ``1 / upsample`` pixel.
+    """Return ``(spacing, points)`` per matrix-DFT refinement stage.
 
-    The first grid spans the start point's ``uncertainty`` (pixels) plus a margin, at roughly
-    ``1 / sqrt(upsample)`` spacing; the second spans +-0.7 of that spacing at the final one
-    (15 x 15 points each for upsample = 100 around an integer peak).
+    ``upsample <= 5``: one grid at ``1 / upsample`` spanning the start point's
+    ``uncertainty`` (pixels) plus a margin; the answer stays on that grid. Finer: a grid at
+    0.2 px spanning the uncertainty (9 x 9 points for 0.5 px), then 3 x 3 points at 0.2 px
+    centred on its fitted vertex; the answer is the vertex of a 2-D quadratic fitted there.
+    A finer grid does not help: the complex64 matrix DFT carries ~1e-6 relative noise, as
+    large as the peak's variation over 0.01 px (measured: a 15 x 15 grid at 0.01 px left
+    0.0046 px RMS numerical error on 1024² projections, the 0.2 px fit 0.001 px).
     """
     if upsample <= 1:
         return []
-    if upsample <= 20:
-        return [(1.0 / upsample, 2 * math.ceil((uncertainty + 0.2) * upsample) + 1)]
-    coarse = math.ceil(math.sqrt(upsample))
-    return [
-        (1.0 / coarse, 2 * math.ceil((uncertainty + 0.2) * coarse) + 1),
-        (1.0 / upsample, 2 * math.ceil(0.7 * upsample / coarse) + 1),
-    ]
+    final = 1.0 / upsample
+    if final >= 0.2:
+        return [(final, 2 * math.ceil((uncertainty + 0.2) / final) + 1)]
+    return [(0.2, 2 * math.ceil((uncertainty + 0.2) / 0.2) + 1), (0.2, 3)]
+
+
+def _quadratic_vertex(patch: np.ndarray) -> tuple[float, float]:
+    """Vertex (row, col offsets in grid steps) of a 2-D quadratic fitted to a 3 x 3 patch.
+
+    Includes the cross term, which separate 1-D parabolas ignore (biased for a tilted peak).
+    Returns (0, 0) if the fit is not a maximum; offsets are clipped to one step.
+    """
+    p = np.asarray(patch, dtype=np.float64)
+    dy = (p[2, :].sum() - p[0, :].sum()) / 6.0
+    dx = (p[:, 2].sum() - p[:, 0].sum()) / 6.0
+    dyy = (p[0, :].sum() - 2.0 * p[1, :].sum() + p[2, :].sum()) / 3.0
+    dxx = (p[:, 0].sum() - 2.0 * p[:, 1].sum() + p[:, 2].sum()) / 3.0
+    dxy = (p[2, 2] - p[2, 0] - p[0, 2] + p[0, 0]) / 4.0
+    det = dyy * dxx - dxy * dxy
+    if not (dyy < 0 and det > 0):
+        return 0.0, 0.0
+    oy = (-dxx * dy + dxy * dx) / det
+    ox = (-dyy * dx + dxy * dy) / det
+    return float(np.clip(oy, -1.0, 1.0)), float(np.clip(ox, -1.0, 1.0))
 
 
 def _parabolic_offset(minus: float, centre: float, plus: float) -> float:
@@ -650,24 +672,26 @@ class PhaseCorrelator:
     ) -> tuple[float, float, float]:
         """Two-stage matrix-DFT refinement of a peak known to within ``uncertainty`` px."""
         value = -np.inf
-        stages = _refine_stages(self.upsample, uncertainty)
-        for stage, (spacing, points) in enumerate(stages):
+        band = band_limit(grid, self.lowpass)
+        for spacing, points in _refine_stages(self.upsample, uncertainty):
             offsets = (np.arange(points) - points // 2) * spacing
-            for _ in range(4):
-                patch = dft_patch(cross, grid, y + offsets, x + offsets)
+            for _ in range(8):
+                patch = dft_patch(cross, grid, y + offsets, x + offsets, band)
                 j, i = np.unravel_index(int(np.argmax(patch)), patch.shape)
                 y, x, value = y + offsets[j], x + offsets[i], float(patch[j, i])
                 # A maximum on the patch border means the start point was further off than
-                # assumed: re-centre the first (coarse) grid there and look again.
-                if stage > 0 or (0 < j < points - 1 and 0 < i < points - 1):
+                # assumed: look again around it.
+                if 0 < j < points - 1 and 0 < i < points - 1:
                     break
-            if stage == len(stages) - 1 and 0 < j < points - 1 and 0 < i < points - 1:
-                # Vertex of the parabola through the grid maximum and its neighbours: removes
-                # most of the +-spacing/2 quantisation at no cost.
-                y += spacing * _parabolic_offset(patch[j - 1, i], patch[j, i], patch[j + 1, i])
-                x += spacing * _parabolic_offset(patch[j, i - 1], patch[j, i], patch[j, i + 1])
+            if self.upsample <= 5:
+                continue  # a coarse-resolution request stays on its grid
+            if 0 < j < points - 1 and 0 < i < points - 1:
+                # Least-squares quadratic on the maximum and its 8 neighbours: the next
+                # grid is centred on its vertex, and the last vertex is the answer.
+                oy, ox = _quadratic_vertex(patch[j - 1 : j + 2, i - 1 : i + 2])
+                y, x = y + spacing * oy, x + spacing * ox
         if not np.isfinite(value):  # upsample == 1: the integer peak is the answer
-            value = float(dft_patch(cross, grid, np.array([y]), np.array([x]))[0, 0])
+            value = float(dft_patch(cross, grid, np.array([y]), np.array([x]), band)[0, 0])
         return float(y), float(x), value
 
     def _overlap_cross(self, ky: int, kx: int) -> tuple[np.ndarray, tuple[int, int], float] | None:
@@ -805,7 +829,8 @@ class PhaseCorrelator:
         # A matrix DFT costs ~ points x M x N/2 complex MACs through BLAS; an inverse FFT
         # ~ M N log2(M N) in pocketfft. Measured break-even: ~2 log2(M N) points.
         if ys.size <= 2 * math.log2(m * n):
-            values = dft_patch(cross, grid, ys.astype(float), xs.astype(float))
+            band = band_limit(grid, self.lowpass)
+            values = dft_patch(cross, grid, ys.astype(float), xs.astype(float), band)
         else:
             surface = scipy.fft.irfft2(cross, s=grid, workers=self.workers)
             values = surface[np.ix_(ys % m, xs % n)].astype(np.float64)
