@@ -27,6 +27,9 @@ class DetectorStream(StandardReadable):
     ``DROPPED`` (RO)          frames dropped by the sender (no consumer / queue full)
     ``SCAN_ID`` (str)         id used by the next ``SCAN_START``
     ``NUM_PROJ``              projections announced in ``scan_start``
+    ``SCAN_ROLE`` (str)       ``measurement`` or ``reference`` (announced in ``scan_start``)
+    ``ANGLE_START`` (deg)     planned first angle; with ``ANGLE_STEP`` != 0 the planned
+    ``ANGLE_STEP`` (deg)      angles are announced (the service pre-positions the stage)
     ``SCAN_START``            put 1: ``scan_start``, darks, flats, ``dark_flat_done``
     ``SCAN_END``              put 1: ``scan_end``
     ``ROWS``/``COLS`` (RO)    frame shape; ``PIXEL_SIZE`` (RO) in micrometres
@@ -59,6 +62,9 @@ class DetectorStream(StandardReadable):
         self.trigger_frame = epics_signal_rw(int, prefix + "TRIGGER")
         self.scan_id = epics_signal_rw(str, prefix + "SCAN_ID")
         self.num_projections = epics_signal_rw(int, prefix + "NUM_PROJ")
+        self.scan_role = epics_signal_rw(str, prefix + "SCAN_ROLE")
+        self.angle_start = epics_signal_rw(float, prefix + "ANGLE_START")
+        self.angle_step = epics_signal_rw(float, prefix + "ANGLE_STEP")
         self.scan_start = epics_signal_rw(int, prefix + "SCAN_START")
         self.scan_end = epics_signal_rw(int, prefix + "SCAN_END")
         super().__init__(name=name)
@@ -68,14 +74,31 @@ class DetectorStream(StandardReadable):
         """Acquire one frame; done when the frame has been sent on the stream."""
         await self.trigger_frame.set(1)
 
-    async def begin_scan(self, scan_id: str, num_projections: int = 0) -> None:
-        """Announce a scan: sends ``scan_start``, the darks and flats; returns after them."""
+    async def begin_scan(
+        self,
+        scan_id: str,
+        num_projections: int = 0,
+        *,
+        role: str = "measurement",
+        angle_start: float = 0.0,
+        angle_step: float = 0.0,
+    ) -> None:
+        """Announce a scan: sends ``scan_start``, the darks and flats; returns after them.
+
+        ``role="reference"`` makes the service store the scan's projections as references;
+        a non-zero ``angle_step`` announces the planned angles.
+        """
         if not scan_id or len(scan_id) > 39:
             raise ValueError(f"scan_id must have 1..39 characters, got {scan_id!r}")
         if num_projections < 0:
             raise ValueError(f"num_projections must be >= 0, got {num_projections}")
+        if role not in ("measurement", "reference"):
+            raise ValueError(f"role must be 'measurement' or 'reference', got {role!r}")
         await self.scan_id.set(scan_id)
         await self.num_projections.set(num_projections)
+        await self.scan_role.set(role)
+        await self.angle_start.set(float(angle_start))
+        await self.angle_step.set(float(angle_step))
         await self.scan_start.set(1)
 
     async def finish_scan(self) -> None:

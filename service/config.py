@@ -69,7 +69,9 @@ class EstimateSettings(_Section):
     upsample: int = Field(100, ge=1, le=1000, description="subpixel precision 1/upsample px")
     binning: int = Field(1, ge=1, le=8)
     window: Literal["hann", "tukey"] | None = None
-    lowpass: float | None = Field(None, gt=0, description="Gaussian low-pass sigma (fraction)")
+    lowpass: float = Field(
+        2.0, gt=0, description="Gaussian low-pass sigma on the correlation, analysed pixels"
+    )
     periodic_smooth: bool = True
     roi: tuple[int, int, int, int] | None = Field(
         None, description="(row0, row1, col0, col1) region used by the estimators"

@@ -95,6 +95,12 @@ class DetectorGroup(PVGroup):
     scan_id = pvproperty(name="SCAN_ID", value="scan", dtype=ChannelType.STRING,
                          doc="scan id of next scan")
     num_proj = pvproperty(name="NUM_PROJ", value=0, doc="announced projections (scan_start)")
+    scan_role = pvproperty(name="SCAN_ROLE", value="measurement", dtype=ChannelType.STRING,
+                           doc="role of the next scan: measurement or reference")
+    angle_start = pvproperty(name="ANGLE_START", value=0.0, units="deg", precision=4,
+                             doc="planned first angle (scan_start payload)")
+    angle_step = pvproperty(name="ANGLE_STEP", value=0.0, units="deg", precision=6,
+                            doc="planned angle step, 0 = angles not announced")
     scan_start = pvproperty(name="SCAN_START", value=0, doc="put 1: scan_start, darks, flats")
     scan_end = pvproperty(name="SCAN_END", value=0, doc="put 1: scan_end")
     rows = _ro("ROWS", 0, "frame rows")
@@ -165,11 +171,24 @@ class DetectorGroup(PVGroup):
         finally:
             await self.acquire.write(0, verify_value=False)
 
+    @scan_role.putter
+    async def scan_role(self, instance: Any, value: str) -> str:
+        """Accept the roles the service knows."""
+        if value not in ("measurement", "reference"):
+            raise ValueError(f"SCAN_ROLE must be 'measurement' or 'reference', got {value!r}")
+        return value
+
     @scan_start.putter
     async def scan_start(self, instance: Any, value: int) -> int:
         """Send scan_start, darks, flats, dark_flat_done; completes after them."""
         if value:
-            payload = {"num_projections": int(self.num_proj.value)}
+            n = int(self.num_proj.value)
+            payload: dict[str, Any] = {"num_projections": n, "role": str(self.scan_role.value)}
+            step = float(self.angle_step.value)
+            if n > 0 and step != 0.0:
+                # Planned angles let the service pre-position for the first exposure.
+                start = float(self.angle_start.value)
+                payload["angles_deg"] = [start + i * step for i in range(n)]
             await self._require_streamer().start_scan(str(self.scan_id.value), payload)
             await self._publish_counters()
         return 0
