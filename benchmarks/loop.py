@@ -126,7 +126,7 @@ async def _throughput(size: int, rate_hz: float, n_frames: int, workdir: Path) -
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
         stats = service.receiver.stats()
-        lat = np.asarray(service._latency_ms)[n_ref:]  # measured scan only
+        lat = np.asarray(service.latency_ms)[n_ref:]  # measured scan only
         scan = service.scan
         scans = [s.scan_id for s in service.scans()]
     proc.stdin.write("bye\n")

@@ -1,7 +1,7 @@
 """The live drift-correction pipeline: ingest -> estimate -> model -> feedback -> record.
 
-:class:`DriftCorrectionService` wires the building blocks together on one asyncio loop and
-implements the API's :class:`~tomolock.service.api.backend.ServiceBackend`:
+:class:`DriftCorrectionService` wires the building blocks together on one asyncio loop
+(:class:`~tomolock.service.backend.PipelineBackend` serves it to the HTTP API):
 
 * frames and control messages come, in order, from a
   :class:`~tomolock.service.ingest.FrameReceiver` (projections newest-wins, everything else
@@ -30,7 +30,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -38,26 +37,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from tomolock.service.api.backend import ControlRefusedError
 from tomolock.service.api.dashboard import make_thumbnail
 from tomolock.service.api.memory import DriftRow as HistoryRow
 from tomolock.service.api.memory import InMemoryBackend
-from tomolock.service.api.models import (
-    ComponentCheck,
-    ConfigPatch,
-    Counters,
-    DriftHistory,
-    HealthModel,
-    LoopStatus,
-    Metric,
-    ModelSummary,
-    Performance,
-    ReferenceRequest,
-    ScanStatus,
-    ScanSummary,
-    StageVector,
-    StatusModel,
-)
 from tomolock.service.config import TomolockSettings
 from tomolock.service.feedback import (
     FeedbackController,
@@ -66,7 +48,6 @@ from tomolock.service.feedback import (
     SetpointPublisher,
     StageActuator,
 )
-from tomolock.service.feedback.interlocks import InterlockConfig
 from tomolock.service.feedback.setpoint import DetectorMapping
 from tomolock.service.ingest import FrameReceiver, FrameReceiverConfig, ReceivedFrame
 from tomolock.service.model import DriftFusion, FusionConfig, Measurement, RunoutModel
@@ -183,9 +164,9 @@ class DriftCorrectionService:
         self.scan: ScanState | None = None
         self.drift_log: DriftLog | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._latency_ms: deque[float] = deque(maxlen=2000)
-        self._done_times: deque[float] = deque(maxlen=200)
-        self._interferometer_ok = True
+        self.latency_ms: deque[float] = deque(maxlen=2000)
+        self.done_times: deque[float] = deque(maxlen=200)
+        self.interferometer_ok = True
         self._last_interferometer: float | None = None
         self._angle_now: float | None = None
         self._nominal: dict[str, float] | None = None
@@ -195,8 +176,8 @@ class DriftCorrectionService:
         }
         self.last_feedback: Any = None
         # Image-measurement innovations (measured minus model) for the dashboard's residuals.
-        self._residuals: deque[tuple[float, float, float]] = deque(maxlen=720)
-        self._images: dict[str, Any] | None = None
+        self.image_residuals: deque[tuple[float, float, float]] = deque(maxlen=720)
+        self.thumbnails: dict[str, Any] | None = None
         self._thumb_time = 0.0
         self.last_result: FrameResult | None = None
         self._stopped = asyncio.Event()
@@ -228,6 +209,15 @@ class DriftCorrectionService:
         self.store.close()
         self._stopped.set()
 
+    def subscribe(self) -> Any:
+        """Return an async iterator of live events (frames, estimates, state changes)."""
+        return self.store.subscribe()
+
+    @property
+    def receiving(self) -> bool:
+        """Whether the frame receiver task is running."""
+        return bool(self._tasks) and not self._tasks[0].done()
+
     async def __aenter__(self) -> DriftCorrectionService:
         await self.start()
         return self
@@ -250,7 +240,7 @@ class DriftCorrectionService:
         angle_deg: float | None = None,
     ) -> None:
         """Fuse an interferometer reading (nm, x/y/z, includes the stage offset)."""
-        self._interferometer_ok = bool(ok)
+        self.interferometer_ok = bool(ok)
         angle = self._angle_now if angle_deg is None else angle_deg
         if angle is None or not math.isfinite(angle):
             return
@@ -264,9 +254,9 @@ class DriftCorrectionService:
 
     def interferometer_lost(self, reason: str) -> None:
         """Mark the interferometer signal as lost (the interlocks may hold the loop)."""
-        if self._interferometer_ok:
+        if self.interferometer_ok:
             log.warning("interferometer signal lost: %s", reason)
-        self._interferometer_ok = False
+        self.interferometer_ok = False
 
     def feed_microscope(
         self, t: float, values_um: tuple[float, float, float], *, quality: bool = True,
@@ -441,13 +431,13 @@ class DriftCorrectionService:
                 flags.append("outlier")
             elif len(upd.innovation_um) == len(AXES):
                 ix, _, iz = upd.innovation_um
-                self._residuals.append((angle, ix, iz))
+                self.image_residuals.append((angle, ix, iz))
         feedback = None
         if math.isfinite(angle):
             feedback = await self._correct(h.frame, angle, t)
         self._record(item, res, flags, feedback)
-        self._latency_ms.append((time.time() - item.received_at) * 1e3)
-        self._done_times.append(time.monotonic())
+        self.latency_ms.append((time.time() - item.received_at) * 1e3)
+        self.done_times.append(time.monotonic())
         self.counters["frames_processed"] += 1
 
     def _process(
@@ -464,7 +454,7 @@ class DriftCorrectionService:
                 found = self.processor.references.nearest(res.reference_angle_deg)
                 if found is not None:
                     ref = make_thumbnail(self.processor.references.image(found[0]))
-            self._images = {
+            self.thumbnails = {
                 "frame": make_thumbnail(image), "reference": ref,
                 "frame_number": frame, "angle_deg": angle,
             }
@@ -497,7 +487,7 @@ class DriftCorrectionService:
             std_um={a: float(v) for a, v in zip(axes, pred.std_um, strict=True)},
             t=next_t, angle_deg=next_angle,
         )
-        ifm_ok = self._interferometer_ok
+        ifm_ok = self.interferometer_ok
         assert self.scan is not None
         result = await self.controller.step(
             prediction, scan_id=self.scan.scan_id, frame=frame,
@@ -560,217 +550,6 @@ class DriftCorrectionService:
         self.store.publish({
             "type": "estimate", "scan_id": h.scan_id, "frame": h.frame, "strategy": res.strategy,
             "truth_dy_px": truth.get("dy_px"), "truth_dx_px": truth.get("dx_px"),
+            "truth": truth or None,
             "process_ms": round(res.process_ms, 3),
         })
-
-    # ------------------------------------------------------------------ ServiceBackend
-    def _performance(self) -> Performance:
-        lat = np.asarray(self._latency_ms)
-        fps = None
-        if len(self._done_times) >= 2:
-            span = self._done_times[-1] - self._done_times[0]
-            fps = (len(self._done_times) - 1) / span if span > 0 else None
-        return Performance(
-            latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else None,
-            latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else None,
-            fps=fps,
-        )
-
-    def status(self) -> StatusModel:
-        """Return a snapshot of the service status."""
-        scan = ScanStatus(state="idle")
-        if self.scan is not None:
-            scan = ScanStatus(
-                state="ended" if self.scan.ended else "running", scan_id=self.scan.scan_id,
-                frames_received=self.scan.received, frames_processed=self.scan.processed,
-                last_frame_angle_deg=self.scan.last_angle, last_frame_time=self.scan.last_t,
-            )
-        fb = self.last_feedback
-        last_sp = None
-        if fb is not None:
-            off = fb.setpoint.offsets_um
-            vals = [off.get(a, 0.0) for a in AXES]
-            if all(math.isfinite(v) for v in vals):
-                last_sp = StageVector(x_um=vals[0], y_um=vals[1], z_um=vals[2])
-        loop = LoopStatus(
-            enabled=self.interlocks.enabled,
-            disabled_reason=None if self.interlocks.enabled else self.interlocks.disable_reason,
-            mode=self.controller.mode,
-            last_setpoint=last_sp,
-            last_decision=(
-                ":".join([fb.decision.action, *fb.decision.reasons]) if fb is not None else None
-            ),
-        )
-        st = self.receiver.stats()
-        model = ModelSummary(
-            kind="runout+thermal (Kalman)",
-            fitted=self.fusion.t is not None,
-            n_samples=int(sum(c.get("accepted", 0) for c in self.fusion.counts().values())),
-        )
-        return StatusModel(
-            version=self.version, uptime_s=time.monotonic() - self.started, scan=scan,
-            loop=loop, model=model,
-            counters=Counters(
-                frames_dropped=st.dropped_overload, frames_rejected=dict(st.rejected)
-            ),
-            performance=self._performance(),
-        )
-
-    def health(self) -> HealthModel:
-        """Return per-component health."""
-        checks = [
-            ComponentCheck(
-                name="ingest",
-                state="ok" if self._tasks and not self._tasks[0].done() else "failed",
-                detail=f"listening on {self.receiver.endpoint}",
-            ),
-            ComponentCheck(
-                name="record",
-                state="ok" if self.drift_log is not None or self.scan is None or self.scan.ended
-                else "degraded",
-                detail=str(self.settings.record.directory),
-            ),
-            ComponentCheck(
-                name="interferometer",
-                state="ok" if self._interferometer_ok else "degraded",
-                detail="signal ok" if self._interferometer_ok else "signal lost: loop holds",
-            ),
-        ]
-        return HealthModel.from_checks(checks)
-
-    def scans(self) -> list[ScanSummary]:
-        """Return the scans seen since start."""
-        return self.store.scans()
-
-    def drift_history(
-        self, scan_id: str, *, since_frame: int = 0, limit: int = 10000
-    ) -> DriftHistory:
-        """Return the drift history of a scan (raises UnknownScanError)."""
-        return self.store.drift_history(scan_id, since_frame=since_frame, limit=limit)
-
-    def metrics(self) -> list[Metric]:
-        """Return Prometheus samples."""
-        st = self.receiver.stats()
-        out = [
-            Metric(name="tomolock_frames_received_total", type="counter",
-                   help="frames received", value=st.received),
-            Metric(name="tomolock_frames_dropped_total", type="counter",
-                   help="projections dropped under overload (newest wins)",
-                   value=st.dropped_overload),
-        ]
-        out += [
-            Metric(name="tomolock_messages_rejected_total", type="counter",
-                   help="messages rejected, per reason", labels={"reason": r}, value=n)
-            for r, n in st.rejected.items()
-        ]
-        out += [
-            Metric(name=f"tomolock_{k}_total", type="counter", help=k.replace("_", " "), value=v)
-            for k, v in self.counters.items()
-        ]
-        out.append(Metric(name="tomolock_loop_enabled", type="gauge",
-                          help="1 if corrections may be sent", value=int(self.interlocks.enabled)))
-        lat = np.asarray(self._latency_ms)
-        if lat.size:
-            name, text = "tomolock_frame_latency_ms", "frame receipt to decision latency (ms)"
-            for q in (0.5, 0.9, 0.99):
-                out.append(Metric(name=name, type="summary", help=text,
-                                  labels={"quantile": str(q)},
-                                  value=float(np.quantile(lat, q))))
-            out.append(Metric(name=name, type="summary", help=text, suffix="_sum",
-                              value=float(lat.sum())))
-            out.append(Metric(name=name, type="summary", help=text, suffix="_count",
-                              value=lat.size))
-        return out
-
-    async def set_enabled(self, enabled: bool, reason: str) -> None:
-        """Enable or disable corrections, effective immediately."""
-        if enabled:
-            self.interlocks.enable()
-        else:
-            self.interlocks.disable(reason)
-        log.warning("loop %s by operator: %s", "enabled" if enabled else "disabled", reason)
-        self.store.publish({"type": "enabled", "enabled": enabled, "reason": reason})
-
-    async def update_config(self, patch: ConfigPatch) -> dict[str, Any]:
-        """Apply a validated configuration patch (interlocks, mode)."""
-        changes = patch.model_dump(exclude_none=True)
-        mode = changes.pop("mode", None)
-        interlock = changes.pop("interlock", {})
-        interlock.update(changes)  # min_confidence, dead_band_um live on the interlocks
-        current = self.interlocks.config.model_dump()
-        try:
-            new = InterlockConfig.model_validate({**current, **interlock})
-        except ValueError as exc:
-            raise ValueError(f"invalid interlock configuration: {exc}") from None
-        if mode is not None and mode == "apply" and isinstance(self.actuator, PublishOnlyActuator):
-            raise ControlRefusedError("no stage actuator is configured: cannot switch to apply")
-        self.interlocks.config = new
-        if mode is not None:
-            self.controller.mode = mode
-        result = {"mode": self.controller.mode, "interlock": new.model_dump(mode="json")}
-        self.store.publish({"type": "config", "config": result})
-        return result
-
-    async def set_reference(self, request: ReferenceRequest) -> dict[str, Any]:
-        """Choose the reference strategy (reference scans arrive as scans with role=reference)."""
-        if request.strategy != "reference_scan":
-            raise ControlRefusedError(
-                f"reference strategy {request.strategy!r} is not available live; stream a "
-                "reference scan (scan_start payload role='reference')"
-            )
-        if len(self.processor.references) == 0:
-            raise ControlRefusedError("no reference scan has been acquired")
-        return {"strategy": "reference_scan", "references": len(self.processor.references)}
-
-    async def set_runout_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        """Install a calibrated runout model as the drift model's prior (resets the filter)."""
-        runout = RunoutModel.from_dict(model)
-        self.runout = runout
-        self.fusion = DriftFusion(self.fusion.config, runout)
-        self.store.publish({"type": "runout_model", "harmonics": runout.n_harmonics})
-        return {"installed": True, "n_harmonics": runout.n_harmonics, "axes": list(runout.axes)}
-
-    def config(self) -> dict[str, Any]:
-        """Return the live configuration: feedback mode, interlocks, detector mapping."""
-        fb = self.settings.feedback
-        return {
-            "mode": self.controller.mode,
-            "interlock": self.interlocks.config.model_dump(mode="json"),
-            "detector": {"pixel_size_um": fb.pixel_size_um, "sign_x": fb.sign_x,
-                         "sign_z": fb.sign_z},
-        }
-
-    def model_state(self) -> dict[str, Any] | None:
-        """Return the drift model's runout harmonics and recent image residuals."""
-        st = self.fusion.state_dict()
-        harmonics = {}
-        for axis in ("x", "z"):
-            coef = st["harmonics_um"][axis]
-            offset = st["thermal"][axis]["offset_um"]
-            harmonics[axis] = {
-                "offset_um": offset if offset is not None else 0.0,
-                "cos_um": [c if c is not None else 0.0 for c in coef[0::2]],
-                "sin_um": [c if c is not None else 0.0 for c in coef[1::2]],
-            }
-        res = np.array(self._residuals, dtype=float).reshape(-1, 3)
-        residuals, rms = {}, {}
-        for j, axis in ((1, "x"), (2, "z")):
-            ok = np.isfinite(res[:, j])
-            residuals[axis] = {"angle_deg": res[ok, 0].tolist(), "residual_um": res[ok, j].tolist()}
-            rms[axis] = float(np.sqrt(np.mean(res[ok, j] ** 2))) if ok.any() else None
-        return {
-            "kind": "runout+thermal (Kalman)", "fitted": self.fusion.t is not None,
-            "harmonics": harmonics, "residuals": residuals, "rms_residual_um": rms,
-            "parameters": {
-                f"thermal_{a}_um_per_s": float(st["thermal"][a]["velocity_um_per_s"] or 0.0)
-                for a in ("x", "z")
-            },
-        }
-
-    def latest_images(self) -> dict[str, Any] | None:
-        """Return thumbnails of the latest projection and its reference (refreshed at 1 Hz)."""
-        return self._images
-
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        """Return a subscription to live events."""
-        return self.store.subscribe()

@@ -59,6 +59,7 @@ async def running_service(
     """
     from tomolock.service.api.app import create_app
     from tomolock.service.api.server import serve
+    from tomolock.service.backend import PipelineBackend
     from tomolock.service.pipeline import DriftCorrectionService
 
     feeds = None
@@ -77,7 +78,7 @@ async def running_service(
     elif settings.feedback.mode == "apply":
         raise RuntimeError("apply mode needs the EPICS stage: run without --no-epics")
     token = settings.api.token.get_secret_value() if settings.api.token else None
-    app = create_app(service, token=token)
+    app = create_app(PipelineBackend(service), token=token)
     await service.start()
     try:
         if feeds is not None:

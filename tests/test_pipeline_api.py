@@ -13,6 +13,7 @@ from tomolock.devices.sim.inprocess import InProcessStage, feed_interferometer, 
 from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
 from tomolock.devices.sim.streamer import DetectorStreamer, ManualBeamState
 from tomolock.service.api.app import create_app
+from tomolock.service.backend import PipelineBackend
 from tomolock.service.config import TomolockSettings
 from tomolock.service.pipeline import DriftCorrectionService
 
@@ -33,7 +34,7 @@ async def test_pipeline_serves_api_and_obeys_disable(tmp_path: Path) -> None:
     )
     stage = InProcessStage(beam)
     service = DriftCorrectionService(settings, actuator=stage)
-    app = create_app(service, token=TOKEN)
+    app = create_app(PipelineBackend(service), token=TOKEN)
     angles = np.linspace(0.0, 180.0, 13)
     stop = asyncio.Event()
     transport = httpx.ASGITransport(app=app)

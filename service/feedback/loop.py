@@ -1,7 +1,8 @@
 """The feedback controller: prediction -> setpoint -> interlocks -> publish -> (apply).
 
 One :meth:`FeedbackController.step` per upcoming exposure. Every held or refused correction is
-logged with its reason codes on the ``tomolock.service.feedback.loop`` logger and returned.
+returned and logged with its reason codes on the ``tomolock.service.feedback.loop`` logger
+(refusals at WARNING; holds, the loop working as intended, at DEBUG).
 A failed stage move disables the interlocks (reason ``"actuator error: ..."``) so nothing
 moves again until an operator calls :meth:`Interlocks.enable`.
 """
@@ -180,7 +181,11 @@ class FeedbackController:
             setpoint, positions, self._clock(), interferometer_ok=interferometer_ok
         )
         if decision.action != "move":
-            logger.warning(
+            # Refusals are worth an operator's attention; holds (dead band, rate limit) are
+            # the loop working as intended and would flood the log at frame rate.
+            level = logging.WARNING if decision.action == "refuse" else logging.DEBUG
+            logger.log(
+                level,
                 "correction %s for scan %s frame %d: %s (%s)",
                 decision.action,
                 scan_id,
