@@ -55,7 +55,12 @@ class IngestSettings(_Section):
     frames_bind: bool = Field(False, description="bind instead of connecting")
     rcvhwm: int = Field(8, ge=1, description="ZMQ receive high-water mark (messages)")
     max_message_bytes: int = Field(256 * 2**20, ge=1024, description="larger messages are dropped")
-    frame_queue: int = Field(2, ge=1, description="projections kept when the estimator lags")
+    frame_queue: int = Field(
+        1,
+        ge=1,
+        description="projections waiting when the estimator lags (newest wins; 1 = lowest "
+        "latency, larger = fewer drops when processing is bursty)",
+    )
     documents_address: str | None = Field(
         None, description="0MQ proxy output carrying bluesky documents (msgpack); None = off"
     )

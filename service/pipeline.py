@@ -25,6 +25,7 @@ sensor feeds alone meanwhile.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -67,6 +68,11 @@ def _version() -> str:
         return version("tomolock")
     except PackageNotFoundError:  # pragma: no cover - source tree without install
         return "unknown"
+
+
+def _log_failure(future: concurrent.futures.Future[Any] | asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("background work failed: %s", future.exception())
 
 
 def _opt(value: float) -> float | None:
@@ -164,6 +170,11 @@ class DriftCorrectionService:
         self.scan: ScanState | None = None
         self.drift_log: DriftLog | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # One worker thread: the processor reuses buffers and is not thread-safe, and work
+        # queued on it (the next reference's correlator) runs in order with the frames.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tomolock-estimate"
+        )
         self.latency_ms: deque[float] = deque(maxlen=2000)
         self.done_times: deque[float] = deque(maxlen=200)
         self.interferometer_ok = True
@@ -204,6 +215,7 @@ class DriftCorrectionService:
                 await task
         self._tasks = []
         self._close_log()
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self.receiver.close()
         self.publisher.close()
         self.store.close()
@@ -412,7 +424,10 @@ class DriftCorrectionService:
             position = {
                 a: offset[a] + float(m) for a, m in zip(pred.axes, pred.mean_um, strict=True)
             }
-        res = await asyncio.to_thread(self._process, h.frame, angle, t, item.image, position)
+        loop = asyncio.get_running_loop()
+        res = await loop.run_in_executor(
+            self._executor, self._process, h.frame, angle, t, item.image, position
+        )
         self.last_result = res
         scan.processed += 1
         if math.isfinite(angle):
@@ -489,6 +504,12 @@ class DriftCorrectionService:
         )
         ifm_ok = self.interferometer_ok
         assert self.scan is not None
+        if self.scan.role == "measurement" and len(self.processor.references):
+            # Prepare the next frame's reference while the stage moves and the detector
+            # exposes; the worker runs it before that frame.
+            asyncio.get_running_loop().run_in_executor(
+                self._executor, self.processor.references.prefetch, next_angle
+            ).add_done_callback(_log_failure)
         result = await self.controller.step(
             prediction, scan_id=self.scan.scan_id, frame=frame,
             current_positions_um=self.positions.current(), interferometer_ok=ifm_ok,

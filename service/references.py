@@ -136,6 +136,14 @@ class ReferenceBank:
                 best = (j, d)
         return best
 
+    def prefetch(self, angle_deg: float) -> bool:
+        """Build (and cache) the correlator for ``angle_deg`` ahead of its frame.
+
+        Building costs about one frame's worth of FFTs; done between exposures it is off the
+        frame-to-setpoint path. Returns whether a reference exists there.
+        """
+        return self.match(angle_deg) is not None
+
     def match(self, angle_deg: float) -> ReferenceMatch | None:
         """Return the reference for ``angle_deg``, or None when none is within tolerance."""
         if not np.isfinite(angle_deg):
