@@ -19,6 +19,7 @@ _SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("tomolock.service.demo", "demo"),
     ("tomolock.devices.sim.cli", "sim"),
     ("tomolock.service.serve", "serve"),
+    ("tomolock.service.align.cli", "align"),
 )
 
 

@@ -70,4 +70,5 @@ def test_cli_help_runs() -> None:
         [sys.executable, "-m", "tomolock.service.cli", "--help"],
         check=True, capture_output=True, text=True,
     ).stdout
-    assert "tomolock" in out
+    for command in ("demo", "sim", "serve", "align"):
+        assert command in out, f"sub-command {command} missing from tomolock --help"
