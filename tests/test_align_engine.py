@@ -94,6 +94,15 @@ def test_dask_executor_matches_serial(scan):
     assert len(distributed.reports) == len(serial.reports) == 2
 
 
+def test_p2p_rechunk_matches_serial(scan):
+    _, proj, angles, truth, _ = scan
+    cfg = AlignConfig(levels=(2,), min_size_px=16, max_iterations=1, rechunk="p2p")
+    serial = align(proj, angles, truth, cfg)
+    with dask_client(n_workers=2) as client:
+        shuffled = align(proj, angles, truth, cfg, executor="dask", client=client)
+    np.testing.assert_allclose(shuffled.shifts, serial.shifts, atol=1e-9)
+
+
 def test_reprojection_of_consistent_data_registers_to_zero():
     # Noiseless projections of the simulator phantom: the rotation centre convention
     # (axis at (cols - 1) / 2 vs scikit-image's cols // 2) must give ~0 shift, a wrong
@@ -146,6 +155,6 @@ def test_bad_inputs_are_refused(scan):
     assert plan_levels((64, 64), AlignConfig()) == [2, 1]
     for kwargs in ({"levels": ()}, {"levels": (0,)}, {"max_iterations": 0},
                    {"tolerance_px": -1.0}, {"method": "art"}, {"relaxation": float("nan")},
-                   {"centre_col": float("inf")}):
+                   {"centre_col": float("inf")}, {"rechunk": "shuffle"}):
         with pytest.raises(ValueError):
             AlignConfig(**kwargs)  # type: ignore[arg-type]

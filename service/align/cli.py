@@ -54,6 +54,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="local cluster workers")
     parser.add_argument("--processes", action="store_true",
                         help="local cluster of processes instead of threads")
+    parser.add_argument("--rechunk", choices=("tasks", "p2p"), default="tasks",
+                        help="p2p: shuffle through the workers' disk (large scans)")
     parser.add_argument("--serial", action="store_true",
                         help="no Dask: one thread, the single-core reference loop")
     parser.add_argument("--levels", type=_levels, default=(4, 2, 1),
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             levels=args.levels, max_iterations=args.max_iterations,
             tolerance_px=args.tolerance, method=args.method,
             search_radius_px=args.search_radius, centre_col=args.centre_col,
-            min_size_px=args.min_size)
+            min_size_px=args.min_size, rechunk=args.rechunk)
         levels = plan_levels(source.shape[1:], config)
         if args.scan is not None:
             initial, matched = initial_shifts_from_log(args.scan, source.theta_deg,

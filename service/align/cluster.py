@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,8 @@ def dask_client(
     """
     from dask.distributed import Client, LocalCluster
 
+    # The p2p rechunk logs a WARNING per shuffle start/stop (two per iteration): routine here.
+    logging.getLogger("distributed.shuffle._scheduler_plugin").setLevel(logging.ERROR)
     if scheduler is not None:
         client = Client(scheduler, timeout="10s")
         try:

@@ -82,6 +82,10 @@ class AlignConfig:
         Gaussian low-pass (px of the analysed level) on the registration's cross-power.
     leave_one_out : bool
         Remove each projection's own FBP contribution from its reprojection.
+    rechunk : {"tasks", "p2p"}
+        Dask rechunk between projection blocks and row bands: in memory (``tasks``) or
+        dask.distributed's peer-to-peer shuffle through the workers' disk (``p2p``, for
+        stacks larger than the cluster's memory headroom; see :mod:`.memory`).
     relaxation : float
         Fraction of the registered change applied per iteration (1 = plain fixed point;
         > 1 over-relaxes the slow modes).
@@ -101,6 +105,7 @@ class AlignConfig:
     relaxation: float = 1.0
     lowpass: float = 2.0
     leave_one_out: bool = False
+    rechunk: Literal["tasks", "p2p"] = "tasks"
 
     def __post_init__(self) -> None:
         levels = tuple(int(b) for b in self.levels)
@@ -115,6 +120,8 @@ class AlignConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.rechunk not in ("tasks", "p2p"):
+            raise ValueError(f"rechunk must be 'tasks' or 'p2p', got {self.rechunk!r}")
         if self.method not in ("fbp", "sart"):
             raise ValueError(f"method must be 'fbp' or 'sart', got {self.method!r}")
         if self.centre_col is not None and not math.isfinite(self.centre_col):
@@ -389,10 +396,10 @@ class _DaskRunner:
         aligned = da.blockwise(shift_projections, "ijk", stack, "ijk", sh, "il",
                                dtype=np.float32, concatenate=True, delta_col=delta)
         row_chunk = max(1, config.row_chunk // factor)
-        by_rows = aligned.rechunk((n, row_chunk, cols))
+        by_rows = aligned.rechunk((n, row_chunk, cols), method=config.rechunk)
         reproj = by_rows.map_blocks(reproject_band, theta, config.method,
                                     leave_one_out=config.leave_one_out, dtype=np.float32)
-        reproj = reproj.rechunk(stack.chunks)
+        reproj = reproj.rechunk(stack.chunks, method=config.rechunk)
         reg = da.blockwise(
             register_projections, "il", stack, "ijk", reproj, "ijk", sh, "il",
             dtype=np.float64, concatenate=True, adjust_chunks={"l": 4},

@@ -1,23 +1,29 @@
 """Memory model of the Dask fine alignment (bytes), to size a cluster before running.
 
 Per level with binning ``b`` the persisted stack is ``S_b = n * (rows / b) * (cols / b) * 4``
-bytes (float32 absorption). One iteration holds, at its peak, the persisted stack, the
-shifted copy being rechunked from projection blocks to row bands, the reprojections being
-rechunked back, and the tasks' working sets:
+bytes (float32 absorption), held in the cluster's memory for the whole level. One iteration
+adds the shifted copy being rechunked from projection blocks to row bands and the
+reprojections being rechunked back:
 
-    peak_b ~= S_b + 2 * S_b (shifted + its rechunk staging) + 2 * S_b (reprojections + staging)
-            + workers * task working set
+    peak_b <= S_b + 2 * S_b (shifted + rechunk staging) + 2 * S_b (reprojections + staging)
+              + workers * task working set                               (task rechunk)
+    peak_b ~= S_b + workers * task working set + shuffle buffers          (p2p rechunk)
 
-With the default task-based rechunk the staging copies are in memory (``5 * S_b`` in the
-worst case; dask frees blocks as soon as their consumers ran, so the measured peak is lower,
-see the report). With ``array.rechunk.method = "p2p"`` (dask.distributed) the shuffles go
-through the workers' local disk and the in-memory peak falls to about ``S_b`` plus buffers.
+With ``AlignConfig(rechunk="p2p")`` dask.distributed's peer-to-peer rechunk writes the
+shuffled blocks to the workers' local disk instead of keeping them in memory (dask's
+documented behaviour; checked here for identical results on small scans, not for memory).
 
 Example, 2048 projections of 2048² (``n * rows * cols * 4`` = 32 GiB at full resolution):
-``S_4`` = 2 GiB (peak <= 10 GiB), ``S_2`` = 8 GiB (peak <= 40 GiB in memory; with p2p
-~8 GiB + disk), ``S_1`` = 32 GiB: the full-resolution level does not fit in 24 GiB of RAM
-as an in-memory stack. On 24 GiB run the last level on a row slab (``rows=``) or on a cluster
-with more memory; :func:`estimate_bytes` computes the numbers.
+
+* 4x: ``S_4`` = 2 GiB, peak <= ~10 GiB with task rechunk: fits in 24 GiB.
+* 2x: ``S_2`` = 8 GiB, peak <= ~40 GiB with task rechunk (does not fit in 24 GiB in the worst
+  case); ~8 GiB + buffers with p2p: fits.
+* 1x: ``S_1`` = 32 GiB: the persisted full-resolution stack alone exceeds 24 GiB. The 1x
+  level needs a cluster with >= ~40 GiB (p2p) in total, or ``levels=(4, 2)`` on a 24 GiB
+  machine (shifts then to ~1/2 px precision of the 2x level). A streaming variant that
+  re-reads the projections from HDF5 per pass instead of persisting them is not implemented.
+
+:func:`estimate_bytes` computes these numbers for any scan.
 """
 
 from __future__ import annotations
