@@ -27,12 +27,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import progress
-from tomolock.devices.sim.drift import DriftParams, SimulatedDrift
-from tomolock.devices.sim.inprocess import InProcessStage, feed_interferometer, rotate, step_scan
-from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
-from tomolock.devices.sim.streamer import DetectorStreamer, ManualBeamState
+from tomolock.devices.sim.drift import DriftParams
 from tomolock.service.config import TomolockSettings
 from tomolock.service.pipeline import DriftCorrectionService
+from tomolock.service.simloop import calibrated_scan, residuals, simulated_loop
 
 LOW_JITTER = DriftParams(
     thermal_tau_s=300.0, jitter_rms_um=0.0005, vibration=(), jump_rate_per_h=0.0,
@@ -41,37 +39,16 @@ LOW_JITTER = DriftParams(
 
 
 async def _closed_loop(params: DriftParams, shape: int, n_angles: int, workdir: Path) -> dict:
-    sim = ScanSimulator(ScanConfig(shape=(shape, shape), counts=3000.0, seed=3, drift=params))
-    drift = SimulatedDrift(params, seed=3)
-    beam = ManualBeamState()
-    streamer = DetectorStreamer(sim, drift, beam, seed=1)
-    settings = TomolockSettings(
-        ingest={"frames_address": streamer.address},
-        feedback={"mode": "apply", "publish_address": "tcp://127.0.0.1:0",
-                  "interlocks": {"max_step_um": 1.5, "min_confidence": 0.2}},
-        record={"directory": workdir},
-    )
-    service = DriftCorrectionService(settings, actuator=InProcessStage(beam))
     angles = np.linspace(0.0, 180.0, n_angles)
-    stop = asyncio.Event()
 
     def show(i: int, n: int) -> None:
         if i % 20 == 0 or i == n:
             progress(f"  frame {i}/{n}")
 
-    async with service:
-        feeder = asyncio.create_task(feed_interferometer(service, drift, beam, stop))
-        try:
-            await rotate(beam, np.linspace(0.0, 360.0, 181), 0.01)
-            await step_scan(streamer, service, beam, "ref", angles, role="reference")
-            headers = await step_scan(streamer, service, beam, "scan", angles, progress=show)
-        finally:
-            stop.set()
-            await feeder
-            streamer.close()
-    truth = np.array([[h.truth["dy_px"], h.truth["dx_px"]] for h in headers])
-    t_s = np.array([h.truth["t_s"] for h in headers])
-    uncorrected = drift.detector_shift_px(angles, t_s)
+    async with simulated_loop(params, shape=(shape, shape), workdir=workdir) as sl:
+        headers = await calibrated_scan(sl, angles, progress=show)
+        truth, uncorrected = residuals(sl, headers)
+        service = sl.service
     conv = slice(10, None)
 
     def rms(a: np.ndarray) -> float:

@@ -2,52 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from tomolock.devices.sim.drift import DriftParams, SimulatedDrift
-from tomolock.devices.sim.inprocess import InProcessStage, feed_interferometer, rotate, step_scan
-from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
-from tomolock.devices.sim.streamer import DetectorStreamer, ManualBeamState
+from tomolock.devices.sim.drift import DriftParams
+from tomolock.devices.sim.inprocess import step_scan
 from tomolock.service.api.app import create_app
 from tomolock.service.backend import PipelineBackend
-from tomolock.service.config import TomolockSettings
-from tomolock.service.pipeline import DriftCorrectionService
+from tomolock.service.simloop import calibrated_scan, simulated_loop
 
 TOKEN = "test-token-123"
 
 
 async def test_pipeline_serves_api_and_obeys_disable(tmp_path: Path) -> None:
     params = DriftParams(jitter_rms_um=0.0005, vibration=(), jump_rate_per_h=0.0)
-    sim = ScanSimulator(ScanConfig(shape=(96, 96), counts=3000.0, seed=4, drift=params))
-    drift = SimulatedDrift(params, seed=4)
-    beam = ManualBeamState()
-    streamer = DetectorStreamer(sim, drift, beam, seed=2)
-    settings = TomolockSettings(
-        ingest={"frames_address": streamer.address},
-        feedback={"mode": "apply", "publish_address": "tcp://127.0.0.1:0",
-                  "interlocks": {"max_step_um": 1.5, "min_confidence": 0.2}},
-        record={"directory": tmp_path},
-    )
-    stage = InProcessStage(beam)
-    service = DriftCorrectionService(settings, actuator=stage)
-    app = create_app(PipelineBackend(service), token=TOKEN)
     angles = np.linspace(0.0, 180.0, 13)
-    stop = asyncio.Event()
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        service,
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
-    ):
-        feeder = asyncio.create_task(feed_interferometer(service, drift, beam, stop))
-        try:
-            await rotate(beam, np.linspace(0.0, 360.0, 91), 0.01)
-            await step_scan(streamer, service, beam, "ref", angles, role="reference")
-            await step_scan(streamer, service, beam, "scan1", angles)
+    async with simulated_loop(params, shape=(96, 96), workdir=tmp_path, seed=4) as sl:
+        service, streamer, beam, stage = sl.service, sl.streamer, sl.beam, sl.stage
+        app = create_app(PipelineBackend(service), token=TOKEN)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            await calibrated_scan(sl, angles, scan_id="scan1")
             moves_before = stage.moves
             assert moves_before > 0
 
@@ -92,7 +72,3 @@ async def test_pipeline_serves_api_and_obeys_disable(tmp_path: Path) -> None:
             assert service.scan.scan_id == "scan3" and service.scan.processed == 3
             rejected = (await client.get("/status")).json()["counters"]["frames_rejected"]
             assert sum(rejected.values()) >= 2, rejected
-        finally:
-            stop.set()
-            await feeder
-            streamer.close()
