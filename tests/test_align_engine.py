@@ -120,6 +120,19 @@ def test_reprojection_of_consistent_data_registers_to_zero():
     assert bias[0.5] < 0.07 < bias[-0.5]
 
 
+def test_sart_reprojection_for_few_angles():
+    sim = ScanSimulator(ScanConfig(shape=(32, 32), n_projections=25, seed=1))
+    angles = sim.angles_deg()
+    proj = np.stack([sim.projector.line_integrals(a) for a in angles]).astype(np.float32)
+    zero = np.zeros((25, 2))
+    reproj = K.reproject_band(K.shift_projections(proj, zero, 0.5), angles, "sart")
+    reg = K.register_projections(proj, reproj, zero, 0.5, 3.0)
+    # Measured: 5.5 % residual, (0.03, 0.14) px RMS (FBP: 4.5 %, (0.01, 0.12) px).
+    assert np.median(reg[:, 3]) < 0.1 and np.sqrt(np.mean(reg[:, :2] ** 2)) < 0.3
+    with pytest.raises(ValueError, match="method"):
+        K.reproject_band(proj[:, :2], angles, "art")  # type: ignore[arg-type]
+
+
 def test_bin_and_shift_kernels():
     stack = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
     binned = K.bin_image_stack(stack, 2)
