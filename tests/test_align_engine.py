@@ -51,7 +51,7 @@ def test_alignment_recovers_shifts_from_a_noisy_start(scan):
                                relaxation=1.5),
                    progress=reports.append)
     after = _rms(result.shifts - truth, angles)
-    # Measured: (0.80, 0.78) px -> about (0.06-0.13, 0.15-0.27) px (dy, dx).
+    # Measured (deterministic seeds): (0.81, 0.66) px -> (0.16, 0.31) px (dy, dx), gauge removed.
     assert after[0] < 0.25 and after[0] < before[0] / 3
     assert after[1] < 0.45 and after[1] < before[1] / 2
     assert reports == result.reports and reports[0].level == 2
