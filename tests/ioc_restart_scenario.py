@@ -1,0 +1,85 @@
+"""Scenario run by test_pipeline_ioc_restart.py in its own process (libca reads the CA port once).
+
+The IOC (with the detector streamer inside it) dies during a session and comes back on the same
+CA and ZMQ ports: the service must hold (interferometer lost, nothing moved), keep running,
+reconnect by itself, and correct again afterwards. Prints one JSON line of observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+async def main() -> dict:
+    from tomolock.devices.sim.beamline import SimBeamline, free_tcp_port
+    from tomolock.devices.sim.ioc import IocConfig
+
+    zmq = f"tcp://127.0.0.1:{free_tcp_port()}"
+    beamline = SimBeamline(config=IocConfig(shape=(96, 96), zmq_address=zmq)).start()
+    os.environ.update(beamline.client_env())
+    from tomolock.devices import DetectorStream, SampleStage
+    from tomolock.service.config import TomolockSettings
+    from tomolock.service.demo import _run_scan
+    from tomolock.service.serve import running_service
+
+    p = beamline.prefixes
+    obs: dict = {}
+    settings = TomolockSettings(
+        ingest={"frames_address": zmq},
+        epics={"stage_prefix": p.stage, "interferometer_prefix": p.interferometer,
+               "microscope_prefix": p.microscope, "detector_prefix": p.detector},
+        feedback={"mode": "apply", "publish_address": "tcp://127.0.0.1:0",
+                  "interlocks": {"max_step_um": 1.5, "min_confidence": 0.2}},
+        record={"directory": tempfile.mkdtemp()},
+        api={"port": 0},
+    )
+    angles = np.linspace(0.0, 180.0, 13)
+    try:
+        async with running_service(settings) as running:
+            service = running.service
+            stage = SampleStage(p.stage, name="stage")
+            det = DetectorStream(p.detector, name="det")
+            await asyncio.gather(stage.connect(timeout=10), det.connect(timeout=10))
+            await stage.rotation.set(360.0, timeout=30)
+            await stage.rotation.set(0.0, timeout=30)
+            await _run_scan(stage, det, service, "ref", angles, "reference")
+            await _run_scan(stage, det, service, "before", angles, "measurement")
+            obs["moves_before"] = service.counters["moves"]
+
+            beamline.stop()  # the IOC and its detector stream die
+            t0 = time.monotonic()
+            while service.interferometer_ok and time.monotonic() - t0 < 10:
+                await asyncio.sleep(0.05)
+            obs["interferometer_lost_seen"] = not service.interferometer_ok
+            await asyncio.sleep(1.0)
+            obs["service_receiving_while_down"] = service.receiving
+            obs["moves_while_down"] = service.counters["moves"] - obs["moves_before"]
+
+            beamline.start()  # same CA port and ZMQ address
+            t0 = time.monotonic()
+            while not service.interferometer_ok and time.monotonic() - t0 < 30:
+                await asyncio.sleep(0.05)
+            obs["interferometer_back"] = service.interferometer_ok
+            obs["reconnect_s"] = round(time.monotonic() - t0, 2)
+            await stage.rotation.set(0.0, timeout=30)
+            await _run_scan(stage, det, service, "after", angles, "measurement")
+            obs["moves_after"] = service.counters["moves"] - obs["moves_before"]
+            obs["processed_after"] = service.scan.processed if service.scan else 0
+    finally:
+        import aioca
+
+        aioca.purge_channel_caches()
+        beamline.stop()
+    return obs
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main())), flush=True)
+    sys.exit(0)

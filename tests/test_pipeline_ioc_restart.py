@@ -1,0 +1,35 @@
+"""Fault: the IOC goes down mid-session and comes back (corrections held, then resumed)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCENARIO = Path(__file__).with_name("ioc_restart_scenario.py")
+
+
+@pytest.mark.slow
+def test_service_holds_while_ioc_is_down_and_resumes_after() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", str(SCENARIO)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"scenario hung:\n{err[-6000:]}")
+    assert proc.returncode == 0, err[-6000:]
+    obs = json.loads(out.strip().splitlines()[-1])
+    assert obs["moves_before"] > 0
+    assert obs["interferometer_lost_seen"], obs  # the feed noticed the outage
+    assert obs["service_receiving_while_down"], obs  # and the service kept running
+    assert obs["moves_while_down"] == 0, obs  # nothing commanded into a dead IOC
+    assert obs["interferometer_back"], obs  # CA reconnected by itself
+    assert obs["processed_after"] == 13 and obs["moves_after"] > 0, obs  # corrections resumed
