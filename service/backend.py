@@ -244,15 +244,37 @@ class PipelineBackend:
         return result
 
     async def set_reference(self, request: ReferenceRequest) -> dict[str, Any]:
-        """Choose the reference strategy (reference scans arrive as scans with role=reference)."""
-        if request.strategy != "reference_scan":
+        """Choose how frames find references.
+
+        ``reference_scan``: the projections of the last reference scan (scans announced with
+        ``role="reference"``) are used where a frame's angle has one. ``first_n``: also keep the
+        first ``n_frames`` projections of each scan as references for frames that revisit their
+        angles. ``mirror`` (0/180-degree pairs) measures the rotation-centre offset, not each
+        frame's drift: run the ``drift_check`` plan for it.
+        """
+        proc = self.service.processor
+        if request.strategy == "mirror":
             raise ControlRefusedError(
-                f"reference strategy {request.strategy!r} is not available live; stream a "
-                "reference scan (scan_start payload role='reference')"
+                "mirror pairs measure the rotation-centre offset, not live drift: use the "
+                "drift_check plan"
             )
-        if len(self.service.processor.references) == 0:
-            raise ControlRefusedError("no reference scan has been acquired")
-        return {"strategy": "reference_scan", "references": len(self.service.processor.references)}
+        if request.strategy == "reference_scan":
+            if len(proc.references) == 0:
+                raise ControlRefusedError("no reference scan has been acquired")
+            if request.scan_id is not None and request.scan_id != proc.references.source_scan:
+                raise ControlRefusedError(
+                    f"the references come from scan {proc.references.source_scan!r}, not "
+                    f"{request.scan_id!r}: stream that scan again with role='reference'"
+                )
+            proc.first_n = 0
+        else:
+            proc.first_n = int(request.n_frames or 1)
+        result = {
+            "strategy": request.strategy, "references": len(proc.references),
+            "first_n": proc.first_n, "reference_scan": proc.references.source_scan,
+        }
+        self.service.store.publish({"type": "reference", "reference": result})
+        return result
 
     async def set_runout_model(self, model: dict[str, Any]) -> dict[str, Any]:
         """Install a calibrated runout model as the drift model's prior (resets the filter)."""

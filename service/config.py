@@ -81,10 +81,12 @@ class EstimateSettings(_Section):
     roi: tuple[int, int, int, int] | None = Field(
         None, description="(row0, row1, col0, col1) region used by the estimators"
     )
-    reference: Literal["reference_scan", "first_projection"] = Field(
-        "reference_scan",
-        description="reference for phase correlation; frames without a reference at their angle "
-        "fall back to the rotation-invariant estimators",
+    first_n: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="keep the first N projections of each scan as references for later frames "
+        "at the same angles (360-degree scans, return-to-start checks); 0 = off",
     )
     reference_angle_tolerance_deg: float = Field(0.25, gt=0)
     workers: int = Field(1, ge=1, description="FFT threads per estimate")

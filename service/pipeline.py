@@ -60,7 +60,7 @@ from tomolock.service.wire import ControlMessage
 log = logging.getLogger(__name__)
 
 AXES = ("x", "y", "z")
-ESTIMATORS = ("reference_scan", "mass_profile")
+ESTIMATORS = ("reference_scan", "first_n", "mass_profile")
 
 
 def _version() -> str:
@@ -323,6 +323,8 @@ class DriftCorrectionService:
             frame_period_s=float(period) if isinstance(period, (int, float)) else None,
         )
         self.processor.begin_scan(role)
+        if role == "reference":
+            self.processor.references.source_scan = msg.scan_id
         if self._nominal is None:
             await self._capture_nominal()
         self._open_log(msg.scan_id)
@@ -419,7 +421,10 @@ class DriftCorrectionService:
         self.feed_angle(angle)
         offset = self.positions.offset_at(t)
         position = None
-        if scan.role == "reference" and math.isfinite(angle):
+        wants_position = scan.role == "reference" or (
+            len(self.processor.scan_references) < self.processor.first_n
+        )
+        if wants_position and math.isfinite(angle):
             pred = self.fusion.predict(angle, t)
             position = {
                 a: offset[a] + float(m) for a, m in zip(pred.axes, pred.mean_um, strict=True)

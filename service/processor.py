@@ -9,6 +9,10 @@ Strategies, chosen per frame and recorded:
 ``reference_scan``
     A reference projection within ``reference_angle_tolerance_deg`` exists (from a prior
     reference scan): 2-D phase correlation gives ``dy, dx``.
+``first_n``
+    No reference-scan projection, but one of this scan's first ``first_n`` projections is at
+    this angle (a 360-degree scan coming round, a return-to-start check): phase correlation
+    against it.
 ``mass_profile``
     No reference at this angle: the integrated-mass row profile against the scan's first
     projection gives ``dy`` only (rotation invariant); ``dx`` is not measured online.
@@ -98,6 +102,12 @@ class FrameProcessor:
                 "workers": s.workers,
             },
         )
+        # The first N projections of the current scan, for frames that revisit their angles.
+        self.scan_references = ReferenceBank(
+            tolerance_deg=s.reference_angle_tolerance_deg,
+            correlator_kwargs=self.references.correlator_kwargs,
+        )
+        self.first_n = s.first_n
         self.normaliser = FlatDarkNormaliser()
         self.role: ScanRole = "measurement"
         self._first: np.ndarray | None = None  # first projection (mass-profile reference)
@@ -112,6 +122,7 @@ class FrameProcessor:
             raise ValueError(f"scan role must be 'measurement' or 'reference', got {role!r}")
         self.role = role
         self._first = None
+        self.scan_references.clear()
         if role == "reference":
             self.references.clear()
         if not keep_dark_flat:
@@ -153,8 +164,9 @@ class FrameProcessor:
         raw : numpy.ndarray
             Raw detector counts.
         position_um : dict, optional
-            Only for reference scans: the lab position the frame carries (stage offset plus
-            the model's drift estimate at its exposure), stored with the reference.
+            The lab position the frame carries (stage offset plus the model's drift estimate
+            at its exposure), stored with the frame when it becomes a reference (reference
+            scans, and the first ``first_n`` projections of a scan).
 
         Returns
         -------
@@ -181,15 +193,26 @@ class FrameProcessor:
             self.references.add(angle_deg, absorption, position_um=position_um or {})
             return done(strategy="reference_acquired", beam_factor=beam)
         try:
-            match = self.references.match(angle_deg)
-            if match is not None:
-                est = match.correlator.estimate(absorption)
-                return done(
-                    strategy="reference_scan", estimate=est, beam_factor=beam,
-                    reference_angle_deg=match.angle_deg,
-                    reference_position_um=dict(match.position_um),
-                )
+            for strategy, bank in (
+                ("reference_scan", self.references), ("first_n", self.scan_references)
+            ):
+                match = bank.match(angle_deg)
+                if match is not None:
+                    est = match.correlator.estimate(absorption)
+                    return done(
+                        strategy=strategy, estimate=est, beam_factor=beam,
+                        reference_angle_deg=match.angle_deg,
+                        reference_position_um=dict(match.position_um),
+                    )
             est = mass_profile_shift(self._first, absorption, upsample=self.settings.upsample)
         except InvalidFrameError as exc:
             return done(strategy="rejected", error=str(exc), beam_factor=beam)
+        finally:
+            if (
+                len(self.scan_references) < self.first_n
+                and math.isfinite(angle_deg)
+                and position_um is not None
+            ):
+                self.scan_references.add(angle_deg, absorption, position_um=position_um,
+                                         source="first_n")
         return done(strategy="mass_profile", estimate=est, beam_factor=beam)

@@ -65,6 +65,8 @@ class ReferenceBank:
         self._cache: OrderedDict[int, PhaseCorrelator] = OrderedDict()
         self.shape: tuple[int, int] | None = None
         self.source: str | None = None
+        #: Scan the references were taken in (set by the pipeline).
+        self.source_scan: str | None = None
 
     def __len__(self) -> int:
         return len(self._angles)
@@ -77,6 +79,7 @@ class ReferenceBank:
         self._cache.clear()
         self.shape = None
         self.source = None
+        self.source_scan = None
 
     def add(
         self,

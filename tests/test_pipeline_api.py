@@ -58,6 +58,18 @@ async def test_pipeline_serves_api_and_obeys_disable(tmp_path: Path) -> None:
                 headers={"Authorization": f"Bearer {TOKEN}"},
             )
             assert r.status_code == 200
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            r = await client.post("/reference", json={"strategy": "first_n", "n_frames": 3},
+                                  headers=auth)
+            assert r.status_code == 200 and service.processor.first_n == 3
+            r = await client.post("/reference", json={"strategy": "mirror"}, headers=auth)
+            assert r.status_code == 409 and "drift_check" in r.text
+            r = await client.post("/reference", json={"strategy": "reference_scan",
+                                                      "scan_id": "other"}, headers=auth)
+            assert r.status_code == 409
+            r = await client.post("/reference", json={"strategy": "reference_scan",
+                                                      "scan_id": "ref"}, headers=auth)
+            assert r.status_code == 200 and service.processor.first_n == 0
             await step_scan(streamer, service, beam, "scan2", angles[:4])
             assert stage.moves == moves_before
             assert service.last_feedback.decision.action == "refuse"
