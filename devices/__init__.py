@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tomolock.devices.detector import DetectorStream
     from tomolock.devices.interferometer import InterferometerSample, LaserInterferometer
     from tomolock.devices.microscope import MicroscopeSample, VisibleLightMicroscope
+    from tomolock.devices.service import TomolockService
     from tomolock.devices.stage import SampleStage
 
 _EXPORTS = {
@@ -22,6 +23,7 @@ _EXPORTS = {
     "LaserInterferometer": "tomolock.devices.interferometer",
     "MicroscopeSample": "tomolock.devices.microscope",
     "SampleStage": "tomolock.devices.stage",
+    "TomolockService": "tomolock.devices.service",
     "VisibleLightMicroscope": "tomolock.devices.microscope",
 }
 
@@ -31,6 +33,7 @@ __all__ = [
     "LaserInterferometer",
     "MicroscopeSample",
     "SampleStage",
+    "TomolockService",
     "VisibleLightMicroscope",
 ]
 

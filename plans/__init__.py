@@ -1,1 +1,22 @@
-"""bluesky plans for tomolock: runout calibration, reference scan, corrected tomography scan."""
+"""bluesky plans for tomolock: runout calibration, reference scan, corrected tomography scan.
+
+Plain generators built from bluesky plan stubs only: nothing blocks the RunEngine (the service
+is reached through :class:`tomolock.devices.TomolockService`, asynchronous HTTP on the
+RunEngine's loop). See ``docs/bluesky.md`` for a session against the simulated beamline.
+"""
+
+from tomolock.plans.beam import SuspenderSignal, beam_suspender
+from tomolock.plans.calibration import RunoutModelReadable, runout_calibration
+from tomolock.plans.progress import ProgressPrinter
+from tomolock.plans.scans import CORRECTIONS, reference_scan, tomo_scan
+
+__all__ = [
+    "CORRECTIONS",
+    "ProgressPrinter",
+    "RunoutModelReadable",
+    "SuspenderSignal",
+    "beam_suspender",
+    "reference_scan",
+    "runout_calibration",
+    "tomo_scan",
+]

@@ -27,7 +27,8 @@ PVs (``P`` = prefix), units in brackets:
   ``P DET:PIXEL_SIZE`` [um].
 * simulation control: ``P CTRL:DRIFT_ENABLE`` (0/1), ``P CTRL:T0`` [Unix s, drift time zero],
   ``P CTRL:RESET_T0`` (put 1: time zero = now), ``P CTRL:SIM_TIME`` [s], ``P CTRL:IFM_BLOCK``
-  (1: beam blocked, interferometer invalid).
+  (1: beam blocked, interferometer invalid), ``P CTRL:BEAM`` (1: X-ray beam available, 0: beam
+  lost; a status only, for scan suspenders: frames are still rendered).
 
 When serving, the IOC prints one line ``TOMOLOCK_SIM_READY {json}`` (ports, ZMQ address) on
 stdout. Latency: TCP_NODELAY is set on every client connection and caproto's high-load batching

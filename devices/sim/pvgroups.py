@@ -54,13 +54,22 @@ class MicroscopeGroup(PVGroup):
 
 
 class ControlGroup(PVGroup):
-    """Simulation controls: drift on/off, time zero, interferometer beam block."""
+    """Simulation controls: drift on/off, time zero, interferometer beam block, beam status."""
 
     drift_enable = pvproperty(name="DRIFT_ENABLE", value=1, doc="1: drift on, 0: sample at rest")
     t0 = pvproperty(name="T0", value=0.0, doc="drift time zero [Unix s]", units="s", precision=3)
     reset_t0 = pvproperty(name="RESET_T0", value=0, doc="put 1: time zero = now")
     sim_time = _ro("SIM_TIME", 0.0, "simulation time [s]", units="s", precision=3)
     ifm_block = pvproperty(name="IFM_BLOCK", value=0, doc="1: interferometer beam blocked")
+    # A beamline's "beam available" summary (ring current and shutters): scans suspend on 0.
+    beam = pvproperty(name="BEAM", value=1, doc="1: X-ray beam available, 0: beam lost")
+
+    @beam.putter
+    async def beam(self, instance: Any, value: int) -> int:
+        """Accept 0 or 1 only."""
+        if value not in (0, 1):
+            raise ValueError(f"BEAM must be 0 or 1, got {value}")
+        return value
 
     @reset_t0.putter
     async def reset_t0(self, instance: Any, value: int) -> int:
