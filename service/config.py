@@ -209,7 +209,6 @@ class TomolockSettings(BaseSettings):
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: invalid TOML: {exc}") from None
 
-        class _FromFile(cls):  # type: ignore[misc,valid-type]
-            model_config = SettingsConfigDict(toml_file=p)
-
-        return cls.model_validate(_FromFile(**overrides).model_dump())
+        # A subclass reading this file; named like the settings so errors read naturally.
+        from_file = type(cls.__name__, (cls,), {"model_config": SettingsConfigDict(toml_file=p)})
+        return cls.model_validate(from_file(**overrides).model_dump())
