@@ -124,6 +124,9 @@ def rig(sim_beamline: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
             for motor in (stage.rotation, stage.x, stage.y, stage.z):
                 await motor.stop()
+            # Leave the shared session IOC as found: corrections moved the piezo.
+            await asyncio.gather(stage.rotation.set(0.0), stage.x.set(0.0), stage.y.set(0.0),
+                                 stage.z.set(0.0))
             await service.close()
             await context.__aexit__(None, None, None)
             aioca.purge_channel_caches()

@@ -51,7 +51,9 @@ def _drift(sim_devices: SimDevices) -> SimulatedDrift:
 
 async def test_scan_sequence_decodes_and_carries_the_true_shift(sim_devices: SimDevices, frames):
     det, stage = sim_devices.detector, sim_devices.stage
-    await asyncio.gather(stage.rotation.set(33.0), stage.x.set(0.6))
+    # Every axis explicitly: an earlier test (a corrected scan) may leave the piezo offset.
+    await asyncio.gather(stage.rotation.set(33.0), stage.x.set(0.6), stage.y.set(0.0),
+                         stage.z.set(0.0))
     await det.begin_scan("scan-a", num_projections=2)
     await det.trigger()
     await det.trigger()
