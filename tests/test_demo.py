@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -19,13 +21,18 @@ def test_demo_corrects_the_simulated_scan(tmp_path: Path) -> None:
         "--record-dir", str(tmp_path),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # a timeout kills the IOC child too
     try:
         out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         # SIGABRT makes faulthandler print every thread's stack: a hang explains itself.
         proc.send_signal(signal.SIGABRT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the IOC the aborted process started
         pytest.fail(f"demo hung; stacks:\n{err[-6000:]}\nstdout:\n{out[-2000:]}")
     text = out + err
     assert proc.returncode == 0, text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,12 +20,17 @@ def test_service_holds_while_ioc_is_down_and_resumes_after() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", str(SCENARIO)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # one process group: a timeout kills the IOC child too
     )
     try:
-        out, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the IOC the aborted process started
         pytest.fail(f"scenario hung:\n{err[-6000:]}")
     assert proc.returncode == 0, err[-6000:]
     obs = json.loads(out.strip().splitlines()[-1])
