@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from tomolock.service.feedback.interlocks import AxisLimits
+
 ScanState = Literal["idle", "running", "ended"]
 FeedbackMode = Literal["publish-only", "apply"]
 HealthState = Literal["ok", "degraded", "failed"]
@@ -384,17 +386,8 @@ class EnableResponse(_Model):
     reason: str
 
 
-class AxisLimitsPatch(_Model):
-    """Soft travel limits of one axis, micrometres (absolute stage coordinates)."""
-
-    low: float = Field(allow_inf_nan=False)
-    high: float = Field(allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if not self.low < self.high:
-            raise ValueError(f"soft limit low ({self.low}) must be below high ({self.high})")
-        return self
+# One definition of an axis's soft limits (validated low < high): the interlocks' own.
+AxisLimitsPatch = AxisLimits
 
 
 class InterlockLimitsPatch(_Model):
