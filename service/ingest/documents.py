@@ -23,8 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgpack
 import msgpack_numpy
@@ -32,6 +31,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 from event_model import DocumentNames, schema_validators
+
+from tomolock.service.ingest.lifecycle import ReceiverLifecycle
 
 from .ratelog import RateLimitedLog
 
@@ -141,7 +142,7 @@ class DocumentStats:
 Sink = Callable[[str, dict[str, Any]], Any]
 
 
-class DocumentReceiver:
+class DocumentReceiver(ReceiverLifecycle):
     """Asyncio SUB receiver for bluesky documents from a 0MQ proxy.
 
     Parameters
@@ -160,6 +161,8 @@ class DocumentReceiver:
     log_interval_s : float
         Minimum seconds between two log records of the same rejection reason.
     """
+
+    _task_name = "document-receiver"
 
     def __init__(
         self,
@@ -186,11 +189,7 @@ class DocumentReceiver:
         self._sinks: list[Sink] = list(sinks)
         self._ctx = context if context is not None else zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
-        self._pending: asyncio.Future[Any] | None = None
-        self._stopping = False
-        self._running = False
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
+        self._init_lifecycle()
         self._ratelog = RateLimitedLog(log, log_interval_s)
         self._received = 0
         self._accepted: Counter[str] = Counter()
@@ -242,14 +241,6 @@ class DocumentReceiver:
             self._running = False
             self.close()
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish (idempotent)."""
-        self._stopping = True
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-        if not self._running:
-            self.close()
-
     def close(self) -> None:
         """Close the socket (linger 0)."""
         self._stopping = True
@@ -259,21 +250,6 @@ class DocumentReceiver:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
-
-    async def __aenter__(self) -> Self:
-        self.open()
-        self._task = asyncio.create_task(self.run(), name="document-receiver")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
     def stats(self) -> DocumentStats:
         """Snapshot of the counters."""

@@ -24,7 +24,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -33,6 +32,7 @@ import zmq.asyncio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from zmq.utils.monitor import parse_monitor_message
 
+from tomolock.service.ingest.lifecycle import ReceiverLifecycle
 from tomolock.service.wire import (
     ALLOWED_DTYPES,
     MAX_HEADER_BYTES,
@@ -226,7 +226,7 @@ class _Rejected(Exception):
         self.detail = detail
 
 
-class FrameReceiver:
+class FrameReceiver(ReceiverLifecycle):
     """Asyncio ZMQ receiver for frame and control messages.
 
     Parameters
@@ -244,6 +244,8 @@ class FrameReceiver:
     or ``async for``. Keep heavy numerics off the loop or the receive loop stalls.
     """
 
+    _task_name = "frame-receiver"
+
     def __init__(
         self,
         config: FrameReceiverConfig | None = None,
@@ -259,11 +261,7 @@ class FrameReceiver:
         self._socket: zmq.asyncio.Socket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._endpoint: str | None = None
-        self._pending: asyncio.Future[Any] | None = None
-        self._stopping = False
-        self._running = False
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
+        self._init_lifecycle()
         self._ratelog = RateLimitedLog(log, self.config.log_interval_s)
         # Per-scan (shape, dtype) announced by scan_start, bounded.
         self._announced: OrderedDict[str, tuple[tuple[int, int] | None, str | None]] = OrderedDict()
@@ -382,14 +380,6 @@ class FrameReceiver:
             self._running = False
             self.close()
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish (safe to call from the loop at any time, idempotent)."""
-        self._stopping = True
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-        if not self._running:
-            self.close()
-
     def close(self) -> None:
         """Close sockets (linger 0) and the queue; prefer :meth:`stop` while running."""
         self._stopping = True
@@ -399,21 +389,6 @@ class FrameReceiver:
         self._close_sockets(self._socket)
         self._socket = None
         self._queue.close()
-
-    async def __aenter__(self) -> Self:
-        self.open()
-        self._task = asyncio.create_task(self.run(), name="frame-receiver")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
     # ----------------------------------------------------------------- consumer side
     async def get(self) -> Item:
