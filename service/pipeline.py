@@ -101,10 +101,18 @@ class ScanState:
     frame_period_s: float | None = None
     received: int = 0
     processed: int = 0
-    last_angle: float | None = None
-    last_t: float | None = None
     history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
     ended: bool = False
+
+    @property
+    def last_angle(self) -> float | None:
+        """Angle of the last processed projection with an angle."""
+        return self.history[-1][0] if self.history else None
+
+    @property
+    def last_t(self) -> float | None:
+        """Exposure time of that projection."""
+        return self.history[-1][1] if self.history else None
 
 
 class DriftCorrectionService:
@@ -437,7 +445,6 @@ class DriftCorrectionService:
         scan.processed += 1
         if math.isfinite(angle):
             scan.history.append((angle, t))
-            scan.last_angle, scan.last_t = angle, t
         flags: list[str] = []
         est = res.estimate
         if res.strategy == "rejected":
@@ -568,8 +575,7 @@ class DriftCorrectionService:
                     drift_z_um=_opt(drift.get("z", math.nan)),
                     correction_x_um=_opt(target.get("x", math.nan)),
                     correction_z_um=_opt(target.get("z", math.nan)),
-                    decision=decision if fb is None else fb.decision.to_dict().get(
-                        "summary", decision),
+                    decision=decision,
                 )
             )
         truth = h.truth or {}
