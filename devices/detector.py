@@ -6,6 +6,8 @@ from ophyd_async.core import AsyncStatus, StandardReadable
 from ophyd_async.core import StandardReadableFormat as Format
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
 
+from tomolock.service.wire import SCAN_ROLES
+
 __all__ = ["DetectorStream"]
 
 
@@ -27,7 +29,7 @@ class DetectorStream(StandardReadable):
     ``DROPPED`` (RO)          frames dropped by the sender (no consumer / queue full)
     ``SCAN_ID`` (str)         id used by the next ``SCAN_START``
     ``NUM_PROJ``              projections announced in ``scan_start``
-    ``SCAN_ROLE`` (str)       ``measurement`` or ``reference`` (announced in ``scan_start``)
+    ``SCAN_ROLE`` (str)       ``measurement``, ``reference`` or ``check`` (in ``scan_start``)
     ``ANGLE_START`` (deg)     planned first angle; with ``ANGLE_STEP`` != 0 the planned
     ``ANGLE_STEP`` (deg)      angles are announced (the service pre-positions the stage)
     ``SCAN_START``            put 1: ``scan_start``, darks, flats, ``dark_flat_done``
@@ -85,15 +87,16 @@ class DetectorStream(StandardReadable):
     ) -> None:
         """Announce a scan: sends ``scan_start``, the darks and flats; returns after them.
 
-        ``role="reference"`` makes the service store the scan's projections as references;
+        ``role="reference"`` makes the service store the scan's projections as references,
+        ``role="check"`` makes it measure without moving the stage (``drift_check`` plan);
         a non-zero ``angle_step`` announces the planned angles.
         """
         if not scan_id or len(scan_id) > 39:
             raise ValueError(f"scan_id must have 1..39 characters, got {scan_id!r}")
         if num_projections < 0:
             raise ValueError(f"num_projections must be >= 0, got {num_projections}")
-        if role not in ("measurement", "reference"):
-            raise ValueError(f"role must be 'measurement' or 'reference', got {role!r}")
+        if role not in SCAN_ROLES:
+            raise ValueError(f"role must be one of {SCAN_ROLES}, got {role!r}")
         await self.scan_id.set(scan_id)
         await self.num_projections.set(num_projections)
         await self.scan_role.set(role)

@@ -10,6 +10,8 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.utils import Msg
 
+from tomolock.service.wire import SCAN_ROLES
+
 MsgGen = Generator[Msg, Any, Any]
 
 #: The detector's SCAN_ID PV is a 40-character EPICS string.
@@ -51,10 +53,11 @@ def uniform_step(angles: np.ndarray) -> float:
 def begin_stream_scan(detector: Any, scan_id: str, angles: np.ndarray, role: str) -> MsgGen:
     """Announce a scan on the detector stream: ``scan_start``, darks, flats (plan stub).
 
-    The same PV sequence as ``DetectorStream.begin_scan``, as bluesky messages.
+    The same PV sequence as ``DetectorStream.begin_scan``, as bluesky messages. ``role`` is
+    one of :data:`~tomolock.service.wire.SCAN_ROLES`.
     """
-    if role not in ("measurement", "reference"):
-        raise ValueError(f"role must be 'measurement' or 'reference', got {role!r}")
+    if role not in SCAN_ROLES:
+        raise ValueError(f"role must be one of {SCAN_ROLES}, got {role!r}")
     yield from bps.mv(
         detector.scan_id, check_scan_id(scan_id),
         detector.num_projections, int(angles.size),

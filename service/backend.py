@@ -21,6 +21,7 @@ from tomolock.service.api.models import (
     ComponentCheck,
     ConfigPatch,
     Counters,
+    DriftCheckResult,
     DriftHistory,
     HealthModel,
     LoopStatus,
@@ -111,6 +112,7 @@ class PipelineBackend:
                 frames_dropped=st.dropped_overload, frames_rejected=dict(st.rejected)
             ),
             performance=self._performance(),
+            drift_check=self.service.drift_checks.latest(),
         )
 
     def health(self) -> HealthModel:
@@ -149,6 +151,11 @@ class PipelineBackend:
     ) -> DriftHistory:
         """Return the drift history of a scan (raises UnknownScanError)."""
         return self.service.store.drift_history(scan_id, since_frame=since_frame, limit=limit)
+
+    def drift_check(self, scan_id: str | None = None) -> DriftCheckResult | None:
+        """Return the result of check scan ``scan_id`` (default: the newest), or None."""
+        checks = self.service.drift_checks
+        return checks.latest() if scan_id is None else checks.get(scan_id)
 
     def metrics(self) -> list[Metric]:
         """Return Prometheus samples."""

@@ -19,7 +19,9 @@
 Scan roles: a ``scan_start`` whose payload has ``"role": "reference"`` is a reference scan: its
 projections become the references of later scans (each stored with the lab position it carried:
 stage offset plus the model's drift estimate at its exposure), and the loop corrects from the
-sensor feeds alone meanwhile.
+sensor feeds alone meanwhile. A ``"check"`` scan (the ``drift_check`` plan) is estimated and
+recorded like a measurement but never moves the stage; its 0/180-degree projection pair gives a
+:class:`~tomolock.service.drift_check.DriftCheckCollector` result.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tomolock.service.api.dashboard import make_thumbnail
 from tomolock.service.api.memory import DriftRow as HistoryRow
 from tomolock.service.api.memory import InMemoryBackend
 from tomolock.service.config import TomolockSettings
+from tomolock.service.drift_check import DriftCheckCollector
 from tomolock.service.feedback import (
     FeedbackController,
     Interlocks,
@@ -55,7 +58,7 @@ from tomolock.service.model import DriftFusion, FusionConfig, Measurement, Runou
 from tomolock.service.positions import PositionHistory
 from tomolock.service.processor import FrameProcessor, FrameResult
 from tomolock.service.record import DriftLog, DriftRow, EstimateRecord
-from tomolock.service.wire import ControlMessage
+from tomolock.service.wire import SCAN_ROLES, ControlMessage
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,7 @@ class DriftCorrectionService:
             )
         )
         self.processor = FrameProcessor(s.estimate)
+        self.drift_checks = DriftCheckCollector(s.estimate)
         fb = s.feedback
         self.mapping = DetectorMapping(
             pixel_size_um=fb.pixel_size_um, sign_x=fb.sign_x, sign_z=fb.sign_z
@@ -320,7 +324,7 @@ class DriftCorrectionService:
             self._end_scan(None)
         p = msg.payload
         role = p.get("role", "measurement")
-        if role not in ("measurement", "reference"):
+        if role not in SCAN_ROLES:
             log.error("scan %s: unknown role %r, treated as measurement", msg.scan_id, role)
             role = "measurement"
         angles = p.get("angles_deg")
@@ -338,7 +342,7 @@ class DriftCorrectionService:
         self._open_log(msg.scan_id)
         with contextlib.suppress(ValueError):
             self.store.start_scan(msg.scan_id, msg.timestamp)
-        if self.scan.angles_deg:
+        if self.scan.angles_deg and role != "check":  # a check measures, never moves
             # The stage still holds the last scan's correction (for its last angle): set it
             # for this scan's first exposure before that exposure, not one frame late.
             await self._correct(0, self.scan.angles_deg[0], self.clock(), ahead=0)
@@ -442,6 +446,12 @@ class DriftCorrectionService:
             self._executor, self._process, h.frame, angle, t, item.image, position
         )
         self.last_result = res
+        if scan.role == "check":  # the pair's correlation runs on the numerics worker too
+            checked = await loop.run_in_executor(
+                self._executor, self.drift_checks.add, scan.scan_id, res
+            )
+            if checked is not None:
+                self.store.publish({"type": "drift_check", **checked.model_dump(mode="json")})
         scan.processed += 1
         if math.isfinite(angle):
             scan.history.append((angle, t))
@@ -460,7 +470,7 @@ class DriftCorrectionService:
                 ix, _, iz = upd.innovation_um
                 self.image_residuals.append((angle, ix, iz))
         feedback = None
-        if math.isfinite(angle):
+        if math.isfinite(angle) and scan.role != "check":
             feedback = await self._correct(h.frame, angle, t)
         self._record(item, res, flags, feedback)
         self.latency_ms.append((time.time() - item.received_at) * 1e3)

@@ -18,6 +18,10 @@ Strategies, chosen per frame and recorded:
     projection gives ``dy`` only (rotation invariant); ``dx`` is not measured online.
 ``reference_acquired``
     The scan is itself a reference scan: the frame is stored as a reference.
+
+A ``check`` scan (the ``drift_check`` plan) is estimated like a measurement scan; its
+absorption frames, returned in :attr:`FrameResult.absorption`, feed the 0/180-degree pair of
+:mod:`tomolock.service.drift_check`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from tomolock.service.estimate import (
     to_absorption,
 )
 from tomolock.service.references import ReferenceBank
+from tomolock.service.wire import SCAN_ROLES
 
-ScanRole = Literal["measurement", "reference"]
+ScanRole = Literal["measurement", "reference", "check"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ class FrameResult:
         Why the frame was rejected (invalid frame, no flat yet, ...).
     process_ms : float
         Wall time spent in :meth:`FrameProcessor.process`.
+    absorption : numpy.ndarray or None
+        The normalised absorption image the estimate used (a fresh array, never reused by the
+        processor); None for rejected frames.
     """
 
     frame: int
@@ -76,6 +84,7 @@ class FrameResult:
     beam_factor: float = math.nan
     error: str | None = None
     process_ms: float = 0.0
+    absorption: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 class FrameProcessor:
@@ -118,8 +127,8 @@ class FrameProcessor:
 
         A reference scan replaces the reference bank.
         """
-        if role not in ("measurement", "reference"):
-            raise ValueError(f"scan role must be 'measurement' or 'reference', got {role!r}")
+        if role not in SCAN_ROLES:
+            raise ValueError(f"scan role must be one of {SCAN_ROLES}, got {role!r}")
         self.role = role
         self._first = None
         self.scan_references.clear()
@@ -191,7 +200,7 @@ class FrameProcessor:
             if not math.isfinite(angle_deg):
                 return done(strategy="rejected", error="reference frame without an angle")
             self.references.add(angle_deg, absorption, position_um=position_um or {})
-            return done(strategy="reference_acquired", beam_factor=beam)
+            return done(strategy="reference_acquired", beam_factor=beam, absorption=absorption)
         try:
             for strategy, bank in (
                 ("reference_scan", self.references), ("first_n", self.scan_references)
@@ -202,7 +211,7 @@ class FrameProcessor:
                     return done(
                         strategy=strategy, estimate=est, beam_factor=beam,
                         reference_angle_deg=match.angle_deg,
-                        reference_position_um=dict(match.position_um),
+                        reference_position_um=dict(match.position_um), absorption=absorption,
                     )
             est = mass_profile_shift(self._first, absorption, upsample=self.settings.upsample)
         except InvalidFrameError as exc:
@@ -215,4 +224,5 @@ class FrameProcessor:
             ):
                 self.scan_references.add(angle_deg, absorption, position_um=position_um,
                                          source="first_n")
-        return done(strategy="mass_profile", estimate=est, beam_factor=beam)
+        return done(strategy="mass_profile", estimate=est, beam_factor=beam,
+                    absorption=absorption)

@@ -29,6 +29,9 @@ CONTROL_HTYPE = "tomolock-control-1"
 ALLOWED_DTYPES = ("uint8", "uint16", "uint32", "float32")
 FRAME_KINDS = ("projection", "dark", "flat")
 CONTROL_EVENTS = ("scan_start", "scan_end", "reference_set", "dark_flat_done")
+#: ``role`` of a ``scan_start``: corrected scan, reference acquisition, or a drift check (the
+#: service estimates and records but never moves the stage, see ``service.drift_check``).
+SCAN_ROLES = ("measurement", "reference", "check")
 #: Upper bound on one frame's pixel count (guards against absurd headers).
 MAX_PIXELS = 8192 * 8192
 MAX_HEADER_BYTES = 64 * 1024

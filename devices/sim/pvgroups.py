@@ -15,6 +15,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
 from tomolock.devices.sim.streamer import DetectorStreamer
+from tomolock.service.wire import SCAN_ROLES
 
 __all__ = ["ControlGroup", "DetectorGroup", "InterferometerGroup", "MicroscopeGroup", "preset"]
 
@@ -105,7 +106,7 @@ class DetectorGroup(PVGroup):
                          doc="scan id of next scan")
     num_proj = pvproperty(name="NUM_PROJ", value=0, doc="announced projections (scan_start)")
     scan_role = pvproperty(name="SCAN_ROLE", value="measurement", dtype=ChannelType.STRING,
-                           doc="role of the next scan: measurement or reference")
+                           doc="role of the next scan: measurement, reference or check")
     angle_start = pvproperty(name="ANGLE_START", value=0.0, units="deg", precision=4,
                              doc="planned first angle (scan_start payload)")
     angle_step = pvproperty(name="ANGLE_STEP", value=0.0, units="deg", precision=6,
@@ -183,8 +184,8 @@ class DetectorGroup(PVGroup):
     @scan_role.putter
     async def scan_role(self, instance: Any, value: str) -> str:
         """Accept the roles the service knows."""
-        if value not in ("measurement", "reference"):
-            raise ValueError(f"SCAN_ROLE must be 'measurement' or 'reference', got {value!r}")
+        if value not in SCAN_ROLES:
+            raise ValueError(f"SCAN_ROLE must be one of {SCAN_ROLES}, got {value!r}")
         return value
 
     @scan_start.putter

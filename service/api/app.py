@@ -33,6 +33,7 @@ from tomolock.service.api.models import (
     ConfigPatch,
     ConfigResponse,
     ControlRequest,
+    DriftCheckResult,
     DriftHistory,
     EnableResponse,
     EndpointInfo,
@@ -199,6 +200,43 @@ def create_app(
                 f"backend returned {len(history.columns)} rows for limit {limit} (backend bug)"
             )
         return history
+
+    @app.get(
+        "/drift_check",
+        response_model=DriftCheckResult,
+        summary="Latest drift check (0/180-degree pair)",
+        responses={404: {"model": ErrorModel, "description": "no drift check yet"}},
+    )
+    async def latest_drift_check() -> DriftCheckResult:
+        """Rotation-centre offset and drift from the newest ``drift_check`` scan."""
+        result = backend.drift_check()
+        if result is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                "no drift check result yet: run the drift_check plan (a scan with "
+                "role='check' at theta and theta + 180 degrees)",
+            )
+        return result
+
+    @app.get(
+        "/drift_check/{scan_id}",
+        response_model=DriftCheckResult,
+        summary="Drift check of one scan",
+        responses={404: {"model": ErrorModel, "description": "no result for this scan"}},
+    )
+    async def drift_check(scan_id: str) -> DriftCheckResult:
+        """Return the result of check scan ``scan_id``."""
+        result = backend.drift_check(scan_id)
+        if result is None:
+            known = any(s.scan_id == scan_id for s in backend.scans())
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"scan {scan_id!r} has no drift check result (not a check scan, or its "
+                "0/180-degree pair is not processed yet)"
+                if known
+                else f"unknown scan {scan_id!r}: no drift check result",
+            )
+        return result
 
     @app.get(
         "/metrics",

@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tomolock.service.api.models import (
     ConfigPatch,
+    DriftCheckResult,
     DriftHistory,
     HealthModel,
     Metric,
@@ -40,6 +41,7 @@ BACKEND_METHODS = (
     "health",
     "scans",
     "drift_history",
+    "drift_check",
     "metrics",
     "set_enabled",
     "update_config",
@@ -100,6 +102,14 @@ class ServiceBackend(Protocol):
         ------
         UnknownScanError
             If ``scan_id`` is not known.
+        """
+        ...
+
+    def drift_check(self, scan_id: str | None = None) -> DriftCheckResult | None:
+        """Return the result of check scan ``scan_id`` (default: the newest result).
+
+        None when there is none: no check has run, ``scan_id`` is unknown or not a check
+        scan, or its 0/180-degree pair has not been processed yet (the API answers 404).
         """
         ...
 

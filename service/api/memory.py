@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from tomolock.service.api.dashboard import check_thumbnail
 from tomolock.service.api.models import (
     ConfigPatch,
     Counters,
+    DriftCheckResult,
     DriftColumns,
     DriftHistory,
     HealthModel,
@@ -38,6 +40,8 @@ from tomolock.service.api.models import (
 )
 
 _END = object()
+#: Drift-check results kept (newest last).
+MAX_DRIFT_CHECKS = 32
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class InMemoryBackend:
         self._current: str | None = None
         self._subscribers: set[asyncio.Queue[Any]] = set()
         self._subscriber_queue = subscriber_queue
+        self._drift_checks: OrderedDict[str, DriftCheckResult] = OrderedDict()
 
     # ----------------------------------------------------------------- feeding state
 
@@ -144,6 +149,19 @@ class InMemoryBackend:
         summary = self._scans[self._current]
         self._scans[self._current] = summary.model_copy(update={"state": "ended", "end_time": t})
         self.publish({"type": "scan_end", "scan_id": self._current, "t": t})
+
+    def add_drift_check(self, result: DriftCheckResult | dict[str, Any]) -> DriftCheckResult:
+        """Store a drift-check result (the last :data:`MAX_DRIFT_CHECKS` are kept).
+
+        Publishes a ``drift_check`` event; a dict is validated as :class:`DriftCheckResult`.
+        """
+        checked = DriftCheckResult.model_validate(result)
+        self._drift_checks.pop(checked.scan_id, None)  # a repeated scan id becomes the newest
+        self._drift_checks[checked.scan_id] = checked
+        while len(self._drift_checks) > MAX_DRIFT_CHECKS:
+            self._drift_checks.popitem(last=False)
+        self.publish({"type": "drift_check", **checked.model_dump(mode="json")})
+        return checked
 
     def publish(self, event: dict[str, Any]) -> None:
         """Send an event to every subscriber without waiting (full queues drop it)."""
@@ -224,6 +242,7 @@ class InMemoryBackend:
             model=self.model_summary,
             counters=self.counters,
             performance=self.performance,
+            drift_check=self.drift_check(),
         )
 
     def health(self) -> HealthModel:
@@ -249,6 +268,12 @@ class InMemoryBackend:
             next_frame=rest[0].frame if rest else None,
             columns=DriftColumns(**columns),
         )
+
+    def drift_check(self, scan_id: str | None = None) -> DriftCheckResult | None:
+        """Return the stored result of ``scan_id`` (default: the newest), or None."""
+        if scan_id is None:
+            return next(reversed(self._drift_checks.values()), None)
+        return self._drift_checks.get(scan_id)
 
     def metrics(self) -> list[Metric]:
         """Return :attr:`metric_samples`."""

@@ -137,6 +137,38 @@ class Performance(_Model):
     fps: OptFloat = Field(None, description="processed frames per second, recent window")
 
 
+class DriftCheckResult(_Model):
+    """Result of a ``drift_check`` scan: a projection pair 180 degrees apart (``GET /drift_check``).
+
+    The projection at ``angle_180_deg`` mirrored left-right matches the one at ``angle_deg``
+    shifted by twice the rotation axis' distance from the frame centre. Horizontal drift
+    between the two exposures enters ``centre_offset_px`` as its mean, vertical drift is
+    ``dy_px``. ``reference_*`` compare the ``angle_deg`` projection with the reference scan's
+    projection at that angle (drift since the reference scan), when there is one.
+    """
+
+    scan_id: str = Field(min_length=1)
+    angle_deg: FiniteFloat = Field(description="angle of the first projection of the pair")
+    angle_180_deg: FiniteFloat = Field(description="angle of its partner, about +180 degrees")
+    frames: tuple[int, int] = Field(description="frame numbers of the pair in the scan")
+    width_px: int = Field(ge=1, description="frame width; the frame centre is (width - 1) / 2")
+    centre_offset_px: FiniteFloat = Field(
+        description="rotation-axis column minus the frame-centre column, pixels"
+    )
+    axis_column_px: FiniteFloat = Field(description="rotation-axis column, pixels")
+    dy_px: FiniteFloat = Field(
+        description="vertical shift of the 180-degree projection vs the first, pixels"
+    )
+    confidence: float = Field(ge=0, le=1, description="phase-correlation confidence of the pair")
+    time: float = Field(description="Unix time the result was computed, seconds")
+    exposure_times: tuple[float, float] = Field(description="Unix mid-exposure times of the pair")
+    reference_dx_px: OptFloat = Field(
+        None, description="first projection vs its reference-scan projection, columns"
+    )
+    reference_dy_px: OptFloat = Field(None, description="same, rows")
+    reference_confidence: OptFloat = Field(None, description="confidence of that estimate")
+
+
 class StatusModel(_Model):
     """Full service status (``GET /status``)."""
 
@@ -147,6 +179,7 @@ class StatusModel(_Model):
     model: ModelSummary | None = None
     counters: Counters = Field(default_factory=Counters)
     performance: Performance = Field(default_factory=Performance)
+    drift_check: DriftCheckResult | None = Field(None, description="latest drift check")
 
     model_config = ConfigDict(
         extra="forbid",
