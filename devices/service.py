@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from ophyd_async.core import (
@@ -25,6 +26,7 @@ from ophyd_async.core import (
 from ophyd_async.core import StandardReadableFormat as Format
 
 __all__ = [
+    "DriftCheckReader",
     "ProcessedFrameWaiter",
     "RunoutModelSetter",
     "ServiceAuthError",
@@ -39,7 +41,12 @@ _MODES = ("publish-only", "apply")
 
 
 class ServiceError(RuntimeError):
-    """The tomolock service could not do what was asked (base class)."""
+    """The tomolock service could not do what was asked (base class).
+
+    ``status_code`` is the HTTP status when the service answered with an error, else None.
+    """
+
+    status_code: int | None = None
 
 
 class ServiceUnavailableError(ServiceError):
@@ -114,6 +121,59 @@ class ProcessedFrameWaiter(Device):
         await self._wait(scan_id, n, poll_s=self._poll_s)
 
 
+#: Numeric fields of a drift-check result (``GET /drift_check``) read as signals.
+_CHECK_FIELDS = (
+    ("centre_offset_px", "px"), ("axis_column_px", "px"), ("dy_px", "px"),
+    ("confidence", None), ("angle_deg", "deg"), ("angle_180_deg", "deg"),
+    ("reference_dx_px", "px"), ("reference_dy_px", "px"), ("time", "s"),
+)
+
+
+class DriftCheckReader(StandardReadable):
+    """The service's result of a ``drift_check`` scan, as a readable (``GET /drift_check``).
+
+    ``read()`` fetches the result of the check scan named by the config signal
+    ``requested_scan_id`` (empty: the newest result) and returns ``available`` (False while
+    the service has none: 404), ``scan_id`` and the numeric fields of
+    :class:`~tomolock.service.api.models.DriftCheckResult` (``centre_offset_px``,
+    ``axis_column_px``, ``dy_px``, ``confidence``, ``angle_deg``, ``angle_180_deg``,
+    ``reference_dx_px``, ``reference_dy_px``, ``time``; NaN when unknown). :attr:`last` holds
+    the raw JSON of the last result read.
+    """
+
+    def __init__(self, owner: TomolockService, name: str = "") -> None:
+        self._fetch = owner.fetch_drift_check  # a bound method: a Device would become a child
+        self.last: dict[str, Any] | None = None
+        setters: dict[str, Any] = {}
+        with self.add_children_as_readables():
+            self.available, setters["available"] = soft_signal_r_and_setter(bool, False)
+            self.scan_id, setters["scan_id"] = soft_signal_r_and_setter(str, "")
+            for key, units in _CHECK_FIELDS:
+                sig, setters[key] = soft_signal_r_and_setter(float, math.nan, units=units)
+                setattr(self, key, sig)
+        with self.add_children_as_readables(Format.CONFIG_SIGNAL):
+            self.requested_scan_id = soft_signal_rw(str, "")
+        self._setters = setters
+        super().__init__(name=name)
+
+    async def refresh(self) -> dict[str, Any] | None:
+        """Fetch the result into the signals; return its JSON, or None when there is none."""
+        wanted = await self.requested_scan_id.get_value()
+        answer = await self._fetch(wanted or None)
+        self.last = answer
+        s = self._setters
+        s["available"](answer is not None)
+        s["scan_id"]((answer or {}).get("scan_id") or "")
+        for key, _ in _CHECK_FIELDS:
+            s[key](_float((answer or {}).get(key)))
+        return answer
+
+    async def read(self) -> dict[str, Any]:
+        """Refresh from the service, then read every readable signal."""
+        await self.refresh()
+        return await super().read()
+
+
 class TomolockService(StandardReadable):
     """The live drift-correction service, seen through its HTTP API.
 
@@ -125,7 +185,9 @@ class TomolockService(StandardReadable):
 
     Settable: ``enabled`` (``POST /control/enable|disable`` with ``control_reason``), ``mode``
     (``POST /config``), ``runout_model`` (``POST /model/runout``); ``processed`` waits for the
-    service (see :class:`ProcessedFrameWaiter`). Control needs ``token``.
+    service (see :class:`ProcessedFrameWaiter`). Control needs ``token``. ``drift_check``
+    reads drift-check results (:class:`DriftCheckReader`, not part of this device's reading;
+    also :meth:`fetch_drift_check`).
 
     Parameters
     ----------
@@ -193,6 +255,7 @@ class TomolockService(StandardReadable):
         self._setters = setters
         self.runout_model = RunoutModelSetter(self)
         self.processed = ProcessedFrameWaiter(self)
+        self.drift_check = DriftCheckReader(self)
         super().__init__(name=name)
 
     # ------------------------------------------------------------------ connection
@@ -256,13 +319,17 @@ class TomolockService(StandardReadable):
             detail = response.text
         code = response.status_code
         what = f"{method} {path} -> HTTP {code}: {detail}"
+        error: ServiceError
         if code in (401, 403):
-            raise ServiceAuthError(f"control refused, check the token ({what})")
-        if code == 409:
-            raise ServiceRefusedError(f"refused in the service's current state ({what})")
-        if code in (404, 422):
-            raise ServiceRejectedError(f"request rejected as invalid ({what})")
-        raise ServiceError(what)
+            error = ServiceAuthError(f"control refused, check the token ({what})")
+        elif code == 409:
+            error = ServiceRefusedError(f"refused in the service's current state ({what})")
+        elif code in (404, 422):
+            error = ServiceRejectedError(f"request rejected as invalid ({what})")
+        else:
+            error = ServiceError(what)
+        error.status_code = code
+        raise error
 
     # ------------------------------------------------------------------ state
     async def refresh(self) -> dict[str, Any]:
@@ -301,6 +368,25 @@ class TomolockService(StandardReadable):
         """Refresh from the service, then read every readable signal."""
         await self.refresh()
         return await super().read()
+
+    async def fetch_drift_check(self, scan_id: str | None = None) -> dict[str, Any] | None:
+        """Return the drift-check result of ``scan_id`` (default: the newest) as JSON.
+
+        Returns None while the service has none (HTTP 404: no check yet, or the scan's pair
+        is not processed yet).
+
+        Raises
+        ------
+        ServiceError
+            When the service cannot be reached or answers with another error.
+        """
+        path = "/drift_check" if scan_id is None else f"/drift_check/{quote(scan_id, safe='')}"
+        try:
+            return await self.request("GET", path)
+        except ServiceRejectedError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
 
     async def wait_processed(self, scan_id: str, n: int, *, poll_s: float = 0.003) -> None:
         """Return once frame ``n - 1`` of ``scan_id`` is in the drift log (``n = 0``: started).

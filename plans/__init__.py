@@ -1,4 +1,4 @@
-"""bluesky plans for tomolock: runout calibration, reference scan, corrected tomography scan.
+"""bluesky plans for tomolock: runout calibration, reference and tomography scans, drift check.
 
 Plain generators built from bluesky plan stubs only: nothing blocks the RunEngine (the service
 is reached through :class:`tomolock.devices.TomolockService`, asynchronous HTTP on the
@@ -7,6 +7,7 @@ RunEngine's loop). See ``docs/bluesky.md`` for a session against the simulated b
 
 from tomolock.plans.beam import SuspenderSignal, beam_suspender
 from tomolock.plans.calibration import RunoutModelReadable, runout_calibration
+from tomolock.plans.drift_check import drift_check
 from tomolock.plans.progress import ProgressPrinter
 from tomolock.plans.scans import CORRECTIONS, reference_scan, tomo_scan
 
@@ -16,6 +17,7 @@ __all__ = [
     "RunoutModelReadable",
     "SuspenderSignal",
     "beam_suspender",
+    "drift_check",
     "reference_scan",
     "runout_calibration",
     "tomo_scan",
