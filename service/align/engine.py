@@ -6,13 +6,17 @@ reprojection with the phase correlator; the registration result is the new shift
 coarse to fine (binned 4x, 2x, 1x by default); a level ends when the RMS shift update drops
 below ``tolerance_px`` (full-resolution pixels) or after ``max_iterations``.
 
-Two executors run the same kernels (:mod:`.kernels`):
+Three executors run the same kernels (:mod:`.kernels`; the runners are in :mod:`.runners`):
 
 * ``serial``: plain numpy in the calling thread, one projection/slice after another (the
   single-core "tomopy-style loop" used as the speed baseline);
 * ``dask``: a ``dask.distributed`` client; reconstruction/reprojection tasks are chunked by
   detector rows (slices), shifting and registration tasks by projections, and the data is
-  rechunked between them.
+  rechunked between them;
+* ``stream``: out of core for stacks larger than memory: the stack stays on disk (the Data
+  Exchange file, binned levels in a scratch directory), row-band tasks write reprojections
+  to scratch files and projection-block tasks register from them, on a Dask client or in
+  this thread (``auto`` picks it when the in-memory model of :mod:`.memory` does not fit).
 
 Gauge (what alignment cannot determine): moving the reconstructed object by ``(a, b, c)``
 changes every projection's shift by ``dx = a cos(theta) - b sin(theta)`` and ``dy = c``;
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,17 +38,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .kernels import (
-    Method,
-    bin_image_stack,
-    register_projections,
-    reproject_band,
-    shift_projections,
-)
+from .kernels import Method
+from .runners import DaskRunner as _DaskRunner  # noqa: F401  (moved; old name kept)
+from .runners import SerialRunner as _SerialRunner  # noqa: F401
+from .runners import make_runner
 
 log = logging.getLogger(__name__)
 
-Executor = Literal["serial", "dask"]
+Executor = Literal["serial", "dask", "stream", "auto"]
 Progress = Callable[["IterationReport"], None]
 
 
@@ -256,25 +258,37 @@ def align(
     executor: Executor = "serial",
     client: Any = None,
     progress: Progress | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    memory_limit: int | None = None,
 ) -> AlignResult:
     """Refine per-projection shifts by iterative reprojection.
 
     Parameters
     ----------
-    projections : numpy.ndarray or dask.array.Array
-        ``(n, rows, cols)`` absorption projections (``-log`` transmission), as measured.
+    projections : numpy.ndarray, dask.array.Array or ProjectionFile
+        ``(n, rows, cols)`` absorption projections (``-log`` transmission), as measured, or
+        a Data Exchange file (:class:`~tomolock.service.align.io.ProjectionFile`: raw counts,
+        flat/dark corrected as read; the streaming executor reads it in place).
     theta_deg : numpy.ndarray
         ``(n,)`` rotation angles, degrees.
     initial_shifts : numpy.ndarray, optional
         ``(n, 2)`` starting ``(dy, dx)`` (e.g. the online drift log's residuals); default 0.
     config : AlignConfig, optional
         Options.
-    executor : {"serial", "dask"}
-        Run in this thread, or on ``client`` (a ``dask.distributed.Client``).
+    executor : {"serial", "dask", "stream", "auto"}
+        Run in this thread, or on ``client`` (a ``dask.distributed.Client``) with the stack
+        in memory, or streaming it from disk (out of core, tasks on ``client`` if given, see
+        :mod:`.runners`), or ``auto``: in memory when :mod:`.memory`'s model fits
+        ``memory_limit``, else streaming.
     client : dask.distributed.Client, optional
         Required for ``executor="dask"``.
     progress : callable, optional
         Called with each :class:`IterationReport` as it completes.
+    scratch_dir : path-like, optional
+        Streaming: where the run's scratch folder goes (default the system temporary
+        directory; on a real cluster a path every worker sees). Deleted afterwards.
+    memory_limit : int, optional
+        ``auto``: bytes the alignment may use (default 80 % of this machine's memory).
 
     Returns
     -------
@@ -283,12 +297,14 @@ def align(
     Raises
     ------
     ValueError
-        On inconsistent shapes, non-finite inputs or too small frames.
+        On inconsistent shapes, non-finite inputs or too small frames, or an unusable
+        scratch directory.
     """
     config = config or AlignConfig()
     theta, shifts = _validate(tuple(projections.shape), theta_deg, initial_shifts)
-    if executor not in ("serial", "dask"):
-        raise ValueError(f"executor must be 'serial' or 'dask', got {executor!r}")
+    if executor not in ("serial", "dask", "stream", "auto"):
+        raise ValueError(
+            f"executor must be 'serial', 'dask', 'stream' or 'auto', got {executor!r}")
     if executor == "dask" and client is None:
         raise ValueError("executor='dask' needs a dask.distributed client")
     _, rows, cols = projections.shape
@@ -296,113 +312,44 @@ def align(
     levels = plan_levels((rows, cols), config)
     result = AlignResult(shifts=shifts.copy(), initial=shifts.copy(), theta_deg=theta)
     t_start = time.perf_counter()
-    runner = _SerialRunner(projections) if executor == "serial" else _DaskRunner(
-        projections, client, config)
-    for li, factor in enumerate(levels):
-        stack = runner.level(factor)
-        cols_b = cols // factor
-        # Binned column j is centred on full-resolution column j * factor + (factor - 1) / 2.
-        centre_b = (centre - (factor - 1) / 2.0) / factor
-        delta = cols_b // 2 - centre_b
-        radius = max(2.0, config.search_radius_px / factor) if li == 0 else 3.0
-        result.converged[factor] = False
-        for it in range(1, config.max_iterations + 1):
-            t0 = time.perf_counter()
-            reg = runner.iterate(stack, shifts / factor, theta, delta, radius, config, factor)
-            new = reg[:, :2] * factor
-            update = config.relaxation * (new - shifts)
-            if config.fix_gauge:
-                update = remove_gauge(update, theta)
-            shifts = shifts + update
-            norms = np.linalg.norm(update, axis=1)
-            report = IterationReport(
-                level=factor, iteration=it, rms_update_px=float(np.sqrt(np.mean(norms**2))),
-                max_update_px=float(norms.max()), residual=float(np.nanmedian(reg[:, 3])),
-                confidence=float(np.median(reg[:, 2])), seconds=time.perf_counter() - t0,
-            )
-            result.reports.append(report)
-            log.info(report.line())
-            if progress is not None:
-                progress(report)
-            if report.rms_update_px < config.tolerance_px:
-                result.converged[factor] = True
-                break
-        runner.release(factor)
+    runner, chosen = make_runner(executor, projections, config, levels, client=client,
+                                 scratch_dir=scratch_dir, memory_limit=memory_limit)
+    if chosen != executor:
+        log.info("executor %s chosen for %s", chosen, tuple(projections.shape))
+    try:
+        for li, factor in enumerate(levels):
+            stack = runner.level(factor)
+            cols_b = cols // factor
+            # Binned column j is centred on full-resolution column j * factor + (factor - 1) / 2.
+            centre_b = (centre - (factor - 1) / 2.0) / factor
+            delta = cols_b // 2 - centre_b
+            radius = max(2.0, config.search_radius_px / factor) if li == 0 else 3.0
+            result.converged[factor] = False
+            for it in range(1, config.max_iterations + 1):
+                t0 = time.perf_counter()
+                reg = runner.iterate(stack, shifts / factor, theta, delta, radius, config, factor)
+                new = reg[:, :2] * factor
+                update = config.relaxation * (new - shifts)
+                if config.fix_gauge:
+                    update = remove_gauge(update, theta)
+                shifts = shifts + update
+                norms = np.linalg.norm(update, axis=1)
+                report = IterationReport(
+                    level=factor, iteration=it, rms_update_px=float(np.sqrt(np.mean(norms**2))),
+                    max_update_px=float(norms.max()), residual=float(np.nanmedian(reg[:, 3])),
+                    confidence=float(np.median(reg[:, 2])), seconds=time.perf_counter() - t0,
+                )
+                result.reports.append(report)
+                log.info(report.line())
+                if progress is not None:
+                    progress(report)
+                if report.rms_update_px < config.tolerance_px:
+                    result.converged[factor] = True
+                    break
+            runner.release(factor)
+    finally:
+        runner.close()
     result.shifts = shifts
     result.seconds = time.perf_counter() - t_start
     return result
 
-
-class _SerialRunner:
-    """Everything in this thread, whole arrays at once (the single-core baseline)."""
-
-    def __init__(self, projections: Any) -> None:
-        self.full = np.asarray(projections, dtype=np.float32)
-
-    def level(self, factor: int) -> np.ndarray:
-        return self.full if factor == 1 else bin_image_stack(self.full, factor)
-
-    def iterate(self, stack: np.ndarray, shifts: np.ndarray, theta: np.ndarray, delta: float,
-                radius: float, config: AlignConfig, factor: int) -> np.ndarray:
-        aligned = shift_projections(stack, shifts, delta)
-        reproj = reproject_band(aligned, theta, config.method,
-                                leave_one_out=config.leave_one_out)
-        return register_projections(stack, reproj, shifts, delta, radius, config.upsample,
-                                    config.lowpass)
-
-    def release(self, factor: int) -> None:
-        return None
-
-
-class _DaskRunner:
-    """One Dask graph per iteration.
-
-    Shift (by projection) -> reconstruct/reproject (by rows) -> register (by projection).
-    """
-
-    def __init__(self, projections: Any, client: Any, config: AlignConfig) -> None:
-        import dask.array as da
-
-        self.da = da
-        self.client = client
-        self.config = config
-        if isinstance(projections, da.Array):
-            full = projections.astype(np.float32)
-        else:
-            full = da.from_array(np.asarray(projections, dtype=np.float32))
-        _n, rows, cols = full.shape
-        self.full = full.rechunk((config.proj_chunk, rows, cols))
-        self._persisted: dict[int, Any] = {}
-
-    def level(self, factor: int) -> Any:
-        stack = self.full
-        if factor > 1:
-            _n, rows, cols = stack.shape
-            stack = stack.map_blocks(
-                bin_image_stack, factor, dtype=np.float32,
-                chunks=(stack.chunks[0], (rows // factor,), (cols // factor,)))
-        stack = self.client.persist(stack)
-        self._persisted[factor] = stack
-        return stack
-
-    def release(self, factor: int) -> None:
-        self._persisted.pop(factor, None)
-
-    def iterate(self, stack: Any, shifts: np.ndarray, theta: np.ndarray, delta: float,
-                radius: float, config: AlignConfig, factor: int) -> np.ndarray:
-        da = self.da
-        n, _rows, cols = stack.shape
-        sh = da.from_array(shifts, chunks=(stack.chunks[0], 2))
-        aligned = da.blockwise(shift_projections, "ijk", stack, "ijk", sh, "il",
-                               dtype=np.float32, concatenate=True, delta_col=delta)
-        row_chunk = max(1, config.row_chunk // factor)
-        by_rows = aligned.rechunk((n, row_chunk, cols), method=config.rechunk)
-        reproj = by_rows.map_blocks(reproject_band, theta, config.method,
-                                    leave_one_out=config.leave_one_out, dtype=np.float32)
-        reproj = reproj.rechunk(stack.chunks, method=config.rechunk)
-        reg = da.blockwise(
-            register_projections, "il", stack, "ijk", reproj, "ijk", sh, "il",
-            dtype=np.float64, concatenate=True, adjust_chunks={"l": 4},
-            delta_col=delta, search_radius=radius, upsample=config.upsample,
-            lowpass=config.lowpass)
-        return np.asarray(self.client.compute(reg).result())

@@ -40,6 +40,9 @@ SHIFTS_DTYPE = np.dtype([("frame", "<i8"), ("angle_deg", "<f8"), ("dy_px", "<f8"
                          ("dx_px", "<f8"), ("initial_dy_px", "<f8"), ("initial_dx_px", "<f8")])
 #: Smallest transmission kept before the logarithm.
 TRANSMISSION_FLOOR = 1e-6
+#: Detector rows per HDF5 chunk of the projection files this module writes (see
+#: :func:`data_chunks`).
+DATA_CHUNK_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class ProjectionFile:
         Angles in degrees.
     white, dark : numpy.ndarray
         Mean flat and dark field (float32, ``(rows, cols)``).
+    chunks : tuple of int, optional
+        HDF5 chunk shape of ``/exchange/data``; None for a contiguous dataset.
     """
 
     path: Path
@@ -62,6 +67,7 @@ class ProjectionFile:
     theta_deg: np.ndarray
     white: np.ndarray
     dark: np.ndarray
+    chunks: tuple[int, ...] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> ProjectionFile:
@@ -89,6 +95,7 @@ class ProjectionFile:
             if data.ndim != 3 or min(data.shape) < 1:
                 raise ValueError(f"{p}: /exchange/data must be (n, rows, cols), got {data.shape}")
             shape = tuple(int(v) for v in data.shape)
+            chunks = None if data.chunks is None else tuple(int(v) for v in data.chunks)
             theta = np.asarray(f["exchange/theta"][()], dtype=float).ravel()
             units = f["exchange/theta"].attrs.get("units", "degrees")
             units = units.decode() if isinstance(units, bytes) else str(units)
@@ -105,13 +112,11 @@ class ProjectionFile:
         if np.any(white <= dark):
             raise ValueError(f"{p}: flat field not above the dark in "
                              f"{int(np.sum(white <= dark))} pixels")
-        return cls(p, shape, theta, white, dark)  # type: ignore[arg-type]
+        return cls(p, shape, theta, white, dark, chunks)  # type: ignore[arg-type]
 
     def absorption(self, start: int, stop: int) -> np.ndarray:
         """Read projections ``[start, stop)`` as absorption (flat/dark corrected ``-log``)."""
-        with h5py.File(self.path, "r") as f:
-            raw = f["exchange/data"][start:stop].astype(np.float32)
-        return to_absorption_stack(raw, self.white, self.dark)
+        return read_absorption(self.path, self.white, self.dark, (start, stop))
 
     def absorption_dask(self, chunk: int) -> Any:
         """Return all projections as a lazy dask array, one task per ``chunk`` projections.
@@ -141,10 +146,81 @@ def _mean_frames(ds: h5py.Dataset, shape: tuple[int, ...], path: Path, name: str
 
 
 def to_absorption_stack(raw: np.ndarray, white: np.ndarray, dark: np.ndarray) -> np.ndarray:
-    """Flat/dark correct and take ``-log`` of a ``(n, rows, cols)`` stack (float32)."""
-    trans = (raw.astype(np.float32) - dark) / (white - dark)
+    """Flat/dark correct and take ``-log`` of a ``(n, rows, cols)`` stack (float32).
+
+    ``white`` and ``dark`` broadcast against the frames (pass their row slice for a band).
+    Works in one float32 copy of ``raw`` (the same numbers as the out-of-place formula).
+    """
+    trans = raw.astype(np.float32)  # always a copy: the in-place steps below own it
+    trans -= dark
+    trans /= np.asarray(white, np.float32) - dark
     np.maximum(trans, np.float32(TRANSMISSION_FLOOR), out=trans)
-    return -np.log(trans)
+    np.log(trans, out=trans)
+    return np.negative(trans, out=trans)
+
+
+def read_absorption(
+    path: str | Path, white: np.ndarray, dark: np.ndarray, projections: tuple[int, int],
+    rows: tuple[int, int] | None = None, dataset: str = "exchange/data",
+) -> np.ndarray:
+    """Read a box of raw projections from HDF5 as absorption.
+
+    Parameters
+    ----------
+    path : path-like
+        Data Exchange file.
+    white, dark : numpy.ndarray
+        Mean flat and dark of the *whole* frame (``(rows, cols)``), or of exactly the rows
+        read (``(r1 - r0, cols)``, e.g. memory-mapped slices).
+    projections : (int, int)
+        ``[start, stop)`` projection indices.
+    rows : (int, int), optional
+        ``[r0, r1)`` detector rows; default all.
+    dataset : str
+        Dataset path of the raw projections.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(stop - start, r1 - r0, cols)`` float32.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is gone.
+    ValueError
+        If the dataset is missing or the box is outside it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"projection file not found: {p}")
+    i0, i1 = projections
+    with h5py.File(p, "r") as f:
+        if dataset not in f:
+            raise ValueError(f"{p}: missing /{dataset}")
+        ds = f[dataset]
+        r0, r1 = (0, ds.shape[1]) if rows is None else rows
+        if ds.ndim != 3 or not (0 <= i0 < i1 <= ds.shape[0] and 0 <= r0 < r1 <= ds.shape[1]):
+            raise ValueError(f"{p}: /{dataset} of shape {ds.shape} has no box "
+                             f"[{i0}:{i1}, {r0}:{r1}]")
+        raw = ds[i0:i1, r0:r1]
+    if white.shape[0] != r1 - r0:
+        white, dark = white[r0:r1], dark[r0:r1]
+    return to_absorption_stack(raw, white, dark)
+
+
+def data_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """HDF5 chunk shape for ``(n, rows, cols)`` projections: ``(1, 32 rows, cols)``.
+
+    One projection per chunk keeps a block of projections one read per chunk; splitting the
+    frame into bands of :data:`DATA_CHUNK_ROWS` rows lets the streaming alignment read a row
+    band of *every* projection without reading whole frames (with ``(1, rows, cols)`` chunks a
+    band read would read the whole file, so the streaming runner would first copy it). The
+    cost is ``rows / 32`` chunks per projection (65 536 chunks for 2048 projections of 1024
+    rows; 128 KiB each at 2048 uint16 columns, inside HDF5's default 1 MiB chunk cache).
+    """
+    _n, rows, cols = shape
+    return (1, max(1, min(rows, DATA_CHUNK_ROWS)), max(1, cols))
 
 
 def initial_shifts_from_log(
@@ -291,7 +367,7 @@ def write_data_exchange(
                 ex.create_dataset("data_dark", data=np.zeros((1, rows, cols), np.float32))
         else:
             data = ex.create_dataset("data", shape=(n, rows, cols), dtype=np.float32,
-                                     chunks=(1, rows, cols))
+                                     chunks=data_chunks((n, rows, cols)))
             for i in range(0, n, chunk):
                 j = min(i + chunk, n)
                 aligned = shift_projections(source.absorption(i, j), shifts[i:j])
@@ -322,8 +398,9 @@ def write_raw_data_exchange(
 ) -> Path:
     """Write raw projections, flats, darks and angles (degrees) as a Data Exchange file.
 
-    Used to hand simulated or converted scans to ``tomolock align``; projections are stored
-    one per HDF5 chunk so a block of projections is one contiguous read.
+    Used to hand simulated or converted scans to ``tomolock align``; chunked by
+    :func:`data_chunks` (one projection, 32 rows per chunk) so both a block of projections
+    and a row band of all projections read only what they need.
     """
     data = np.asarray(data)
     if data.ndim != 3:
@@ -334,7 +411,7 @@ def write_raw_data_exchange(
     out = Path(path)
     with h5py.File(out, "w") as f:
         ex = f.create_group("exchange")
-        ex.create_dataset("data", data=data, chunks=(1, *data.shape[1:]))
+        ex.create_dataset("data", data=data, chunks=data_chunks(data.shape))
         ex.create_dataset("data_white", data=np.asarray(white))
         ex.create_dataset("data_dark", data=np.asarray(dark))
         ex.create_dataset("theta", data=theta).attrs["units"] = "degrees"
