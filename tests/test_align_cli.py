@@ -104,3 +104,38 @@ def test_add_parser_registers_align():
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["align", "log.h5", "--projections", "p.h5"])
     assert args.func is run and args.levels == (4, 2, 1)
+
+
+def test_cli_streams_when_the_memory_limit_is_small(scan_files, tmp_path, capsys):
+    _, data, log, _, _, _ = scan_files
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    common = [str(log), "--projections", str(data), "--levels", "2,1", "--min-size", "16",
+              "--max-iterations", "2", "--mode", "raw"]
+    assert main([*common, "--out", str(tmp_path / "serial.h5"), "--serial"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "stream.h5"), "--memory-limit", "1MB",
+                 "--scratch-dir", str(scratch)]) == 0
+    err = capsys.readouterr().err
+    assert "executor stream (memory limit 0.0 GiB)" in err and f"scratch in {scratch}" in err
+    assert "level 2x iter 1" in err and "level 1x iter 2" in err
+    assert list(scratch.iterdir()) == []  # scratch folder removed
+    shifts = {}
+    for name in ("serial", "stream"):
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            shifts[name] = np.column_stack([f["exchange/shift_dy_px"][()],
+                                            f["exchange/shift_dx_px"][()]])
+    np.testing.assert_allclose(shifts["stream"], shifts["serial"], atol=1e-9)
+
+
+def test_cli_auto_keeps_small_scans_in_memory_and_checks_scratch(scan_files, tmp_path,
+                                                                   capsys):
+    _, data, _, _, _, _ = scan_files
+    base = ["--projections", str(data), "--out", str(tmp_path / "o.h5"), "--levels", "2",
+            "--min-size", "16", "--max-iterations", "1", "--mode", "raw"]
+    assert main([*base, "--memory-limit", "8GiB"]) == 0
+    assert "executor dask (memory limit 8.0 GiB)" in capsys.readouterr().err
+    assert main([*base, "--executor", "stream", "--scratch-dir", str(tmp_path / "no")]) == 2
+    assert "scratch directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--memory-limit", "lots"])

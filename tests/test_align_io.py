@@ -15,6 +15,7 @@ from tomolock.service.align import (
     write_raw_data_exchange,
     write_shifts,
 )
+from tomolock.service.align.io import data_chunks, read_absorption
 from tomolock.service.record import DriftLog, DriftRow
 
 SHAPE = (40, 48)
@@ -157,3 +158,24 @@ def test_memory_model_numbers():
     assert full.peak_p2p_bytes < full.peak_in_memory_bytes
     with pytest.raises(ValueError):
         estimate_bytes(0, 10, 10)
+
+
+def test_projection_files_are_chunked_in_row_bands(tmp_path):
+    src = ProjectionFile.open(_raw_file(tmp_path / "raw.h5", [(0, 0), (1, 2), (2, -1)]))
+    assert src.chunks == (1, 32, SHAPE[1]) == data_chunks((3, *SHAPE))
+    assert data_chunks((5, 10, 7)) == (1, 10, 7)
+    out = write_data_exchange(tmp_path / "aligned.h5", src, np.zeros((3, 2)),
+                              initial=np.zeros((3, 2)))
+    with h5py.File(out) as f:
+        assert f["exchange/data"].chunks == (1, 32, SHAPE[1])
+    # A box (projections x rows) reads the same numbers as whole projections.
+    box = read_absorption(src.path, src.white, src.dark, (1, 3), (5, 37))
+    np.testing.assert_array_equal(box, src.absorption(1, 3)[:, 5:37])
+    rows = read_absorption(src.path, src.white[5:37], src.dark[5:37], (1, 3), (5, 37))
+    np.testing.assert_array_equal(rows, box)
+    with pytest.raises(ValueError, match="has no box"):
+        read_absorption(src.path, src.white, src.dark, (2, 5))
+    with pytest.raises(ValueError, match="missing /exchange/nope"):
+        read_absorption(src.path, src.white, src.dark, (0, 1), dataset="exchange/nope")
+    with pytest.raises(FileNotFoundError):
+        read_absorption(tmp_path / "gone.h5", src.white, src.dark, (0, 1))

@@ -4,9 +4,16 @@ Also runnable as ``python -m tomolock.service.align.cli``::
 
     tomolock align SCAN.drift.h5 --projections DATA.h5 [--scheduler tcp://host:8786]
                    [--out OUT.h5] [--shifts-out SHIFTS.csv]
+                   [--executor auto|dask|stream|serial] [--memory-limit 24GiB]
+                   [--scratch-dir DIR]
 
 Starts from the drift log's residual shifts (or zeros without a log), aligns, and writes a
 Data Exchange file (see :mod:`tomolock.service.align.io`) plus, optionally, a shift table.
+``--executor auto`` (default) keeps the stack in the Dask cluster's memory when the memory
+model (:mod:`tomolock.service.align.memory`) fits ``--memory-limit`` and otherwise streams
+it from disk (:mod:`tomolock.service.align.runners`): reprojections then go to a scratch
+folder in ``--scratch-dir`` (default: the output's directory), which with ``--scheduler``
+must be a path on a filesystem every worker sees (as must the projection file).
 Progress (one line per iteration and level) goes to stderr. Exit codes: 0 done (converged or
 not: the summary says), 2 bad input.
 """
@@ -37,6 +44,22 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _size(text: str) -> int:
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cluster_memory(client: Any) -> int | None:
+    """80 % of the workers' memory limits together (None if a worker has no limit)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    return int(0.8 * sum(limits)) if limits and all(limits) else None
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scan", nargs="?", type=Path, default=None,
                         help="the scan's drift log (*.drift.h5); omit to start from zero shifts")
@@ -57,7 +80,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rechunk", choices=("tasks", "p2p"), default="tasks",
                         help="p2p: shuffle through the workers' disk (large scans)")
     parser.add_argument("--serial", action="store_true",
-                        help="no Dask: one thread, the single-core reference loop")
+                        help="no Dask: one thread, the single-core reference loop "
+                             "(same as --executor serial)")
+    parser.add_argument("--executor", choices=("auto", "dask", "stream", "serial"),
+                        default="auto",
+                        help="auto: in cluster memory if the memory model fits "
+                             "--memory-limit, else stream from disk (default auto)")
+    parser.add_argument("--memory-limit", type=_size, default=None,
+                        help="memory the alignment may use, e.g. 24GiB (default: 80%% of "
+                             "this machine's, or of the workers' limits with --scheduler)")
+    parser.add_argument("--scratch-dir", type=Path, default=None,
+                        help="streaming scratch folder parent (default: the output's "
+                             "directory); shared by all workers with --scheduler")
     parser.add_argument("--levels", type=_levels, default=(4, 2, 1),
                         help="binning factors, coarse to fine (default 4,2,1)")
     parser.add_argument("--max-iterations", type=int, default=10)
@@ -102,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .engine import AlignConfig, IterationReport, align, plan_levels
     from .io import ProjectionFile, initial_shifts_from_log, write_data_exchange, write_shifts
+    from .memory import choose_executor
+    from .runners import default_memory_limit
 
     try:
         source = ProjectionFile.open(args.projections)
@@ -121,31 +157,47 @@ def run(args: argparse.Namespace) -> int:
             _say("initial shifts: zeros (no drift log given)")
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        executor = "serial" if args.serial else args.executor
+        out = args.out or args.projections.with_suffix(".aligned.h5")
+        scratch = args.scratch_dir or out.resolve().parent
+        if executor in ("auto", "stream") and not scratch.is_dir():
+            raise ValueError(f"scratch directory {scratch} does not exist")
     except (FileNotFoundError, ValueError) as exc:
         _say(f"tomolock align: error: {exc}")
         return 2
-    out = args.out or args.projections.with_suffix(".aligned.h5")
     n, rows, cols = source.shape
-    _say(f"{n} projections of {rows}x{cols}; levels {levels}; "
-         f"{'serial' if args.serial else args.scheduler or f'local cluster x{args.workers}'}")
+    where = "serial" if executor == "serial" else (
+        args.scheduler or f"local cluster x{args.workers}")
+    _say(f"{n} projections of {rows}x{cols}; levels {levels}; {where}")
 
     def progress(report: IterationReport) -> None:
         _say(report.line())
 
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if args.serial:
-            projections: Any = np.concatenate(
-                [source.absorption(i, min(i + 64, n)) for i in range(0, n, 64)])
-            result = align(projections, source.theta_deg, initial, config, progress=progress)
-        else:
+        client = None
+        if executor != "serial":
             from .cluster import dask_client
 
             client = stack.enter_context(dask_client(
                 args.scheduler, n_workers=args.workers, processes=args.processes))
-            projections = source.absorption_dask(config.proj_chunk)
-            result = align(projections, source.theta_deg, initial, config, executor="dask",
-                           client=client, progress=progress)
+        if executor == "auto":
+            assert client is not None
+            limit = args.memory_limit or (
+                _cluster_memory(client) if args.scheduler else None) or default_memory_limit()
+            executor = choose_executor(
+                n, rows, cols, levels, limit, workers=sum(client.nthreads().values()),
+                proj_chunk=config.proj_chunk, row_chunk=config.row_chunk,
+                rechunk=config.rechunk)
+            _say(f"executor {executor} (memory limit {limit / 2**30:.1f} GiB)")
+        if executor == "stream":
+            _say(f"streaming from {source.path}; scratch in {scratch}")
+        try:
+            result = align(source, source.theta_deg, initial, config, executor=executor,
+                           client=client, progress=progress, scratch_dir=scratch)
+        except (FileNotFoundError, ValueError) as exc:
+            _say(f"tomolock align: error: {exc}")
+            return 2
     reports = [asdict(r) for r in result.reports]
     write_data_exchange(out, source, result.shifts, initial=initial, mode=args.mode,
                         centre_col=args.centre_col, reports=reports,
