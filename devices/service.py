@@ -174,6 +174,47 @@ class DriftCheckReader(StandardReadable):
         return await super().read()
 
 
+class ModelStateReader(StandardReadable):
+    """The drift model's prediction now, at the stage's current angle (``GET /status``).
+
+    ``read()`` returns ``fitted``, ``angle_deg``, ``position_x_um``/``position_z_um`` (the
+    predicted sample displacement) and ``std_x_um``/``std_z_um`` (its 1-sigma uncertainty),
+    NaN while the service has no prediction. :func:`tomolock.plans.wait_for_model` watches it
+    to start a reference scan only once the model has settled.
+    """
+
+    def __init__(self, owner: TomolockService, name: str = "") -> None:
+        self._request = owner.request  # a bound method: a Device would become a child
+        setters: dict[str, Any] = {}
+        with self.add_children_as_readables():
+            self.fitted, setters["fitted"] = soft_signal_r_and_setter(bool, False)
+            for key, units in (("angle_deg", "deg"), ("position_x_um", "um"),
+                               ("position_z_um", "um"), ("std_x_um", "um"),
+                               ("std_z_um", "um")):
+                sig, setters[key] = soft_signal_r_and_setter(float, math.nan, units=units)
+                setattr(self, key, sig)
+        self._setters = setters
+        super().__init__(name=name)
+
+    async def refresh(self) -> dict[str, Any]:
+        """Fetch ``/status`` into the signals; return its ``model`` part (``{}`` if none)."""
+        model = (await self._request("GET", "/status")).get("model") or {}
+        s = self._setters
+        s["fitted"](bool(model.get("fitted")))
+        s["angle_deg"](_float(model.get("angle_deg")))
+        position = model.get("position_um") or {}
+        std = model.get("position_std_um") or {}
+        for axis in ("x", "z"):
+            s[f"position_{axis}_um"](_float(position.get(axis)))
+            s[f"std_{axis}_um"](_float(std.get(axis)))
+        return model
+
+    async def read(self) -> dict[str, Any]:
+        """Refresh from the service, then read every readable signal."""
+        await self.refresh()
+        return await super().read()
+
+
 class TomolockService(StandardReadable):
     """The live drift-correction service, seen through its HTTP API.
 
@@ -187,7 +228,8 @@ class TomolockService(StandardReadable):
     (``POST /config``), ``runout_model`` (``POST /model/runout``); ``processed`` waits for the
     service (see :class:`ProcessedFrameWaiter`). Control needs ``token``. ``drift_check``
     reads drift-check results (:class:`DriftCheckReader`, not part of this device's reading;
-    also :meth:`fetch_drift_check`).
+    also :meth:`fetch_drift_check`); ``model`` reads the drift model's prediction now
+    (:class:`ModelStateReader`, not part of this device's reading either).
 
     Parameters
     ----------
@@ -256,6 +298,7 @@ class TomolockService(StandardReadable):
         self.runout_model = RunoutModelSetter(self)
         self.processed = ProcessedFrameWaiter(self)
         self.drift_check = DriftCheckReader(self)
+        self.model = ModelStateReader(self)
         super().__init__(name=name)
 
     # ------------------------------------------------------------------ connection

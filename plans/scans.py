@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import bluesky.plan_stubs as bps
@@ -20,6 +20,7 @@ from tomolock.plans._detector import (
     reading_value,
 )
 from tomolock.plans.beam import beam_suspender
+from tomolock.plans.settle import ModelSettle, wait_for_model
 
 __all__ = ["CORRECTIONS", "reference_scan", "tomo_scan"]
 
@@ -86,14 +87,20 @@ def _stream_scan(
     settle_s: float,
     exposure_s: float | None,
     metadata: dict[str, Any],
+    before: Callable[[], MsgGen] | None = None,
 ) -> MsgGen:
-    """Run an announced detector-stream scan; ``scan_end`` is sent whatever happens."""
+    """Run an announced detector-stream scan; ``scan_end`` is sent whatever happens.
+
+    ``before`` (a plan factory) runs inside the run, before the scan is announced.
+    """
     started = False
 
     def body() -> MsgGen:
         nonlocal started
         if exposure_s is not None:
             yield from bps.mv(detector.exposure_time, exposure_s)
+        if before is not None:
+            yield from before()
         started = True  # from here on the stream may carry the scan: always end it
         yield from begin_stream_scan(detector, scan_id, angles, role)
         if service is not None:
@@ -137,6 +144,7 @@ def reference_scan(
     settle_s: float = 0.0,
     scan_id: str | None = None,
     md: dict[str, Any] | None = None,
+    model_settle: ModelSettle | bool = True,
 ) -> MsgGen:
     """Fast, low-dose scan whose projections become the service's references.
 
@@ -162,14 +170,41 @@ def reference_scan(
         Stream scan id (default ``ref-<random>``).
     md : dict, optional
         Extra start-document metadata.
+    model_settle : ModelSettle or bool
+        With ``service``: first rotate to the first angle and wait until the service's drift
+        model has settled (:func:`~tomolock.plans.settle.wait_for_model`; ``True``: default
+        criteria), then record its state in a ``tomolock_model`` event. Every reference is
+        stored with the position the model predicts for it, so an unsettled model would
+        bias every later corrected scan. ``False`` skips the wait.
 
     Returns
     -------
     str
         The scan id.
+
+    Raises
+    ------
+    ModelNotSettledError
+        When the model does not settle in time (nothing has been exposed then).
     """
     arr = check_angles(angles)
     sid = check_scan_id(scan_id) if scan_id is not None else new_scan_id("ref")
+    if isinstance(model_settle, bool):
+        criteria = ModelSettle() if model_settle else None
+    elif isinstance(model_settle, ModelSettle):
+        criteria = model_settle
+    else:
+        raise TypeError(f"model_settle must be a ModelSettle or a bool, got {model_settle!r}")
+    before = None
+    if service is not None and criteria is not None:
+
+        def before() -> MsgGen:
+            yield from bps.mv(stage.rotation, float(arr[0]))
+            yield from wait_for_model(service, criteria)
+            yield from bps.create("tomolock_model")
+            yield from bps.read(service.model)
+            yield from bps.save()
+
     settle = _check_settle(settle_s)
     if exposure_s is not None and not (math.isfinite(exposure_s) and exposure_s >= 0):
         raise ValueError(f"exposure_s must be >= 0, got {exposure_s!r}")
@@ -177,7 +212,7 @@ def reference_scan(
                          tomolock_role="reference")
     yield from _stream_scan(stage, detector, service, arr, role="reference", scan_id=sid,
                             move_piezo=False, settle_s=settle, exposure_s=exposure_s,
-                            metadata=metadata)
+                            metadata=metadata, before=before)
     return sid
 
 

@@ -97,10 +97,14 @@ class PipelineBackend:
             ),
         )
         st = self.service.receiver.stats()
+        now = self.service.model_now()
         model = ModelSummary(
             kind="runout+thermal (Kalman)",
             fitted=self.service.fusion.t is not None,
             n_samples=int(sum(c.get("accepted", 0) for c in self.service.fusion.counts().values())),
+            angle_deg=now.angle_deg if now is not None else None,
+            position_um=now.mean_um if now is not None else {},
+            position_std_um=now.std_um if now is not None else {},
         )
         return StatusModel(
             version=self.service.version,

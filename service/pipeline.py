@@ -237,6 +237,29 @@ class DriftCorrectionService:
         """Return an async iterator of live events (frames, estimates, state changes)."""
         return self.store.subscribe()
 
+    def model_now(self, t: float | None = None) -> AxisPrediction | None:
+        """Predict the sample displacement at the stage's current angle, now (or at ``t``).
+
+        This is what a plan watches before a reference scan: right after start-up or a new
+        runout model the fused offset still converges (tens of nm over a few seconds on the
+        microscope), and references taken meanwhile carry that error into every later scan.
+
+        Returns
+        -------
+        AxisPrediction or None
+            None until the model has a measurement and the rotation angle is known.
+        """
+        angle = self._angle_now
+        if self.fusion.t is None or angle is None:
+            return None
+        when = time.time() if t is None else float(t)
+        pred = self.fusion.predict(angle, max(when, self.fusion.t))
+        return AxisPrediction(
+            mean_um={a: float(v) for a, v in zip(pred.axes, pred.mean_um, strict=True)},
+            std_um={a: float(v) for a, v in zip(pred.axes, pred.std_um, strict=True)},
+            t=when, angle_deg=angle,
+        )
+
     @property
     def receiving(self) -> bool:
         """Whether the frame receiver task is running."""

@@ -111,6 +111,14 @@ class ModelSummary(_Model):
     n_samples: int = Field(0, ge=0, description="observations the model was fitted on")
     rms_residual_um: OptFloat = Field(None, description="RMS fit residual, micrometres")
     parameters: dict[str, FiniteFloat] = Field(default_factory=dict)
+    angle_deg: OptFloat = Field(None, description="rotation angle of the prediction below")
+    position_um: dict[str, OptFloat] = Field(
+        default_factory=dict,
+        description="predicted sample displacement now at the current angle, per axis",
+    )
+    position_std_um: dict[str, OptFloat] = Field(
+        default_factory=dict, description="1-sigma uncertainty of position_um, per axis"
+    )
 
 
 class Counters(_Model):
