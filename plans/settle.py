@@ -25,6 +25,9 @@ __all__ = ["ModelNotSettledError", "ModelSettle", "wait_for_model"]
 
 log = logging.getLogger(__name__)
 
+#: The stage counts as standing still while its angle readback stays within this.
+ANGLE_TOLERANCE_DEG = 0.01
+
 
 class ModelNotSettledError(TimeoutError):
     """The drift model did not settle within the timeout (the message says how far it was)."""
@@ -115,7 +118,7 @@ def wait_for_model(service: Any, settle: ModelSettle | None = None) -> MsgGen:
         std = {a: float(reading_value(reading, getattr(reader, f"std_{a}_um")))
                for a in crit.axes}
         finite = all(math.isfinite(v) for v in (angle, *pos.values(), *std.values()))
-        if not finite or (window and abs(window[-1][1] - angle) > 1e-6):
+        if not finite or (window and abs(window[-1][1] - angle) > ANGLE_TOLERANCE_DEG):
             window.clear()  # no prediction yet, or the stage rotated: start over
         if finite:
             window.append((now, angle, pos))

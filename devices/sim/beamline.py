@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from tomolock.devices.sim.ioc import READY_MARKER, IocConfig
+from tomolock.devices.sim.ioc import IGNORE_SIGINT_ENV, READY_MARKER, IocConfig
 
 __all__ = ["SimBeamline", "ca_client_env", "free_tcp_port", "reserve_ca_port"]
 
@@ -195,6 +195,7 @@ class SimBeamline:
         env = dict(os.environ)
         env.setdefault("CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC", "0.001")
         env["PYTHONUNBUFFERED"] = "1"
+        env[IGNORE_SIGINT_ENV] = "1"  # Ctrl-C reaches us; stop() ends the children in order
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, env=env)
         t = threading.Thread(target=self._drain, args=(proc, label), daemon=True,

@@ -71,6 +71,8 @@ __all__ = ["READY_MARKER", "IocConfig", "SimBeamlineIOC", "loopback_ioc_env", "m
 log = logging.getLogger(__name__)
 
 READY_MARKER = "TOMOLOCK_SIM_READY"
+#: Environment flag set by the launcher: the IOC ignores SIGINT (the launcher stops it).
+IGNORE_SIGINT_ENV = "TOMOLOCK_SIM_IGNORE_SIGINT"
 
 
 @dataclass
@@ -365,7 +367,8 @@ async def serve(config: IocConfig, port: int) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # main() may ignore SIGINT on purpose
+            loop.add_signal_handler(sig, stopping.set)
 
     async def startup(_async_lib: Any) -> None:
         await ioc.start()
@@ -465,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get(IGNORE_SIGINT_ENV) == "1":
+        # Started by SimBeamline: Ctrl-C on the terminal reaches the whole process group;
+        # the parent then stops this IOC after its own clients (no CA disconnect noise).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(serve(config_from_args(args), args.port))
     return 0
 
