@@ -172,3 +172,16 @@ def test_memory_model_streaming_numbers():
     assert parse_bytes("1.5GB") == 1_500_000_000 and parse_bytes("2KiB") == 2048
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
+
+
+def test_stream_benchmark_smoke(tmp_path):
+    from tomolock.service.align import stream_benchmark as B
+
+    path = tmp_path / "synthetic.h5"
+    truth = B.write_synthetic_scan(path, 24, 40, 48, block=10)
+    src = ProjectionFile.open(path)
+    assert src.shape == (24, 40, 48) and truth.shape == (24, 2) and src.chunks == (1, 32, 48)
+    rec = B._one(str(path), "stream", 2, str(tmp_path))
+    assert rec["executor"] == "stream" and rec["peak_mib"] >= rec["baseline_mib"] > 0
+    assert 0 < rec["residual"] < 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic.h5"]

@@ -24,8 +24,8 @@ Per level ``b`` the runner needs the level's absorption stack on disk:
 
 One iteration is then two waves of independent tasks:
 
-1. *band tasks*, one per band of ``max(1, row_chunk // b)`` rows (rounded up to whole HDF5
-   chunks when reading the file directly): read the band's rows plus a halo of
+1. *band tasks*, one per band of ``max(row_chunk // b, MIN_BAND_ROWS)`` rows (rounded up to
+   whole HDF5 chunks when reading the file directly): read the band's rows plus a halo of
    ``ceil(max |dy|) + 2 + SPLINE_MARGIN`` rows of every projection (a projection block at a
    time), undo the shifts (:func:`~.kernels.shift_projections`; the cubic-spline shift of
    the rows inside the halo is then the same as on the whole frame), crop to the band,
@@ -72,6 +72,9 @@ SPLINE_MARGIN = 16
 DIRECT_MAX_CHUNK_ROWS = 64
 #: Projections read at a time by a band task (bounds the halo's memory).
 BAND_READ_BLOCK = 32
+#: Fewest rows per band: a band reads and shifts ``2 * halo`` extra rows (halo >= 18), so
+#: thin bands (``row_chunk // factor`` at binned levels) would multiply that work.
+MIN_BAND_ROWS = 32
 
 
 class Runner(Protocol):
@@ -430,7 +433,7 @@ class StreamRunner:
         out_dir = self.root / f"reproj{factor}"
         out_dir.mkdir(exist_ok=True)
         halo = math.ceil(float(np.max(np.abs(shifts[:, 0])))) + 2 + SPLINE_MARGIN
-        band_rows = max(1, config.row_chunk // factor)
+        band_rows = max(1, config.row_chunk // factor, MIN_BAND_ROWS)
         bands = [(r0, r1, str(out_dir / f"band_{r0:06d}.npy"))
                  for r0, r1 in _spans(rows, band_rows, stack.chunk_rows)]
         theta = np.asarray(theta, dtype=float)
