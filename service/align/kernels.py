@@ -16,6 +16,7 @@ reprojection then returns ``(dy, dx - delta)``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -30,6 +31,9 @@ Method = Literal["fbp", "sart"]
 
 #: Cubic splines: accurate sub-pixel shifts of smooth projections; edges continue outward.
 SPLINE_ORDER = 3
+
+#: Raised-cosine ramp (px) of the interior weight used by the aligned-frame registration.
+EDGE_TAPER_PX = 4
 
 
 def bin_image_stack(stack: np.ndarray, factor: int) -> np.ndarray:
@@ -172,6 +176,44 @@ def reproject_band(
     return out
 
 
+def interior_weights(shape: tuple[int, int], margin: tuple[int, int],
+                     taper: tuple[int, int]) -> np.ndarray:
+    """Return a separable weight that is 0 near the frame edges and 1 inside.
+
+    Zero within ``margin`` px of each edge, then a raised-cosine ramp over ``taper`` px.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(rows, cols)``.
+    margin, taper : tuple of int
+        Per axis ``(rows, cols)``, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``shape`` float32 weights in [0, 1].
+    """
+    axes = []
+    for n, m, t in zip(shape, margin, taper, strict=True):
+        x = np.arange(n, dtype=np.float64)
+        inside = np.minimum(x, n - 1 - x) - m
+        ramp = np.clip(inside / max(t, 1), 0.0, 1.0)
+        axes.append(0.5 - 0.5 * np.cos(np.pi * ramp))
+    return np.outer(axes[0], axes[1]).astype(np.float32)
+
+
+def _edge_margin(shape: tuple[int, int], shift: tuple[float, float]
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Margin and taper that exclude the border a resampling by ``shift`` filled in."""
+    margin, taper = [], []
+    for n, d in zip(shape, shift, strict=True):
+        t = max(2, min(EDGE_TAPER_PX, n // 8))
+        margin.append(min(math.ceil(abs(d)) + 1, max(0, n // 4 - t)))
+        taper.append(t)
+    return (margin[0], margin[1]), (taper[0], taper[1])
+
+
 def register_projections(
     measured: np.ndarray,
     reprojected: np.ndarray,
@@ -180,8 +222,9 @@ def register_projections(
     search_radius: float,
     upsample: int = 100,
     lowpass: float = 2.0,
+    frame: Literal["aligned", "measured"] = "aligned",
 ) -> np.ndarray:
-    """Register each measured projection to its reprojection.
+    """Register each projection to its reprojection.
 
     Parameters
     ----------
@@ -199,6 +242,14 @@ def register_projections(
         Sub-pixel resolution ``1 / upsample`` px.
     lowpass : float
         Gaussian low-pass (px) of the correlator's cross-power spectrum.
+    frame : {"aligned", "measured"}
+        ``"aligned"`` (default): undo the current shift of each measured projection (the
+        same resampling as the reconstruction input) and register that to the reprojection
+        in the aligned grid, both weighted by :func:`interior_weights` that exclude the
+        border the resampling filled in (``|shift| + 1`` px, tapered over
+        :data:`EDGE_TAPER_PX`); the new shift is the current one plus the residual.
+        ``"measured"``: register the measured projection itself, content entering and
+        leaving the frame included (the former behaviour; biased, see the module notes).
 
     Returns
     -------
@@ -206,21 +257,33 @@ def register_projections(
         ``(n, 4)``: new ``dy, dx``, the correlator's confidence, and the relative residual
         ``||P - shifted R|| / ||P||`` over the frame interior.
     """
+    if frame not in ("aligned", "measured"):
+        raise ValueError(f"frame must be 'aligned' or 'measured', got {frame!r}")
     n, rows, cols = measured.shape
     out = np.empty((n, 4), dtype=np.float64)
     my, mx = max(1, rows // 10), max(1, cols // 10)
     for i in range(n):
         ref = np.asarray(reprojected[i], dtype=np.float32)
-        frame = np.asarray(measured[i], dtype=np.float32)
-        predicted = (float(shifts[i, 0]), float(shifts[i, 1]) - delta_col)
+        current = (float(shifts[i, 0]), float(shifts[i, 1]))
+        if frame == "aligned":
+            img = shift_projections(measured[i : i + 1], np.asarray([current]), delta_col)[0]
+            margin, taper = _edge_margin((rows, cols), (current[0], current[1] - delta_col))
+            mask = interior_weights((rows, cols), margin, taper)
+            predicted, offset = (0.0, 0.0), current
+        else:
+            img = np.asarray(measured[i], dtype=np.float32)
+            mask = None
+            predicted, offset = (current[0], current[1] - delta_col), (0.0, delta_col)
         try:
-            corr = PhaseCorrelator(ref, upsample=upsample, lowpass=lowpass, workers=1)
-            est = corr.estimate(frame, predicted=predicted, search_radius=search_radius)
-            dy, dx, conf = est.dy, est.dx + delta_col, est.confidence
+            corr = PhaseCorrelator(ref, upsample=upsample, lowpass=lowpass, mask=mask,
+                                   workers=1)
+            est = corr.estimate(img, predicted=predicted, search_radius=search_radius)
+            dy, dx, conf = est.dy + offset[0], est.dx + offset[1], est.confidence
         except ValueError:  # featureless or unusable reprojection: keep the current shift
-            dy, dx, conf = float(shifts[i, 0]), float(shifts[i, 1]), 0.0
+            dy, dx, conf = current[0], current[1], 0.0
+        frame_img = np.asarray(measured[i], dtype=np.float32)
         moved = ndimage.shift(ref, (dy, dx - delta_col), order=1, mode="nearest")
-        diff = (frame - moved)[my:-my, mx:-mx]
-        norm = float(np.linalg.norm(frame[my:-my, mx:-mx]))
+        diff = (frame_img - moved)[my:-my, mx:-mx]
+        norm = float(np.linalg.norm(frame_img[my:-my, mx:-mx]))
         out[i] = (dy, dx, conf, float(np.linalg.norm(diff)) / norm if norm > 0 else np.nan)
     return out
