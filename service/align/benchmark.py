@@ -9,6 +9,13 @@ and/or processes), and prints one JSON object: RMS error vs the truth after remo
 gauge (vertical constant; horizontal constant + cos + sin, see
 :func:`~tomolock.service.align.engine.remove_gauge`), wall times, speed-up and the memory
 model extrapolated to 2048 projections of 2048².
+
+Measured (121 x 128², defaults, serial, 2-core machine, ~44 s): RMS error after gauge removal
+(dy, dx) = (0.059, 0.252) px registering the measured frames, (0.070, 0.117) px registering in
+the aligned grid (current). The 0.05 px target is not reached: what remains is almost all in
+smooth-in-angle modes (``sin 2 theta``, ``cos 3 theta``) that one iteration keeps to 96-100 %
+(barely observable on this truncated phantom), so the reprojection's residual bias
+(truncated sinograms: 0.006 px per iteration at 1x, 0.057 px at 4x) accumulates there.
 """
 
 from __future__ import annotations
