@@ -178,9 +178,11 @@ class ModelStateReader(StandardReadable):
     """The drift model's prediction now, at the stage's current angle (``GET /status``).
 
     ``read()`` returns ``fitted``, ``angle_deg``, ``position_x_um``/``position_z_um`` (the
-    predicted sample displacement) and ``std_x_um``/``std_z_um`` (its 1-sigma uncertainty),
-    NaN while the service has no prediction. :func:`tomolock.plans.wait_for_model` watches it
-    to start a reference scan only once the model has settled.
+    predicted sample displacement), ``std_x_um``/``std_z_um`` (its 1-sigma uncertainty) and
+    ``turn_std_x_um``/``turn_std_z_um`` (the largest 1-sigma over a whole turn: large until
+    the runout is calibrated), NaN while the service has no prediction.
+    :func:`tomolock.plans.wait_for_model` watches it to start a reference scan only once the
+    model has settled.
     """
 
     def __init__(self, owner: TomolockService, name: str = "") -> None:
@@ -190,7 +192,8 @@ class ModelStateReader(StandardReadable):
             self.fitted, setters["fitted"] = soft_signal_r_and_setter(bool, False)
             for key, units in (("angle_deg", "deg"), ("position_x_um", "um"),
                                ("position_z_um", "um"), ("std_x_um", "um"),
-                               ("std_z_um", "um")):
+                               ("std_z_um", "um"), ("turn_std_x_um", "um"),
+                               ("turn_std_z_um", "um")):
                 sig, setters[key] = soft_signal_r_and_setter(float, math.nan, units=units)
                 setattr(self, key, sig)
         self._setters = setters
@@ -204,9 +207,11 @@ class ModelStateReader(StandardReadable):
         s["angle_deg"](_float(model.get("angle_deg")))
         position = model.get("position_um") or {}
         std = model.get("position_std_um") or {}
+        turn = model.get("turn_std_max_um") or {}
         for axis in ("x", "z"):
             s[f"position_{axis}_um"](_float(position.get(axis)))
             s[f"std_{axis}_um"](_float(std.get(axis)))
+            s[f"turn_std_{axis}_um"](_float(turn.get(axis)))
         return model
 
     async def read(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from tomolock.plans._detector import (
     reading_value,
 )
 from tomolock.plans.beam import beam_suspender
+from tomolock.plans.fly import fly_projections, fly_velocity
 from tomolock.plans.settle import ModelSettle, wait_for_model
 
 __all__ = ["CORRECTIONS", "reference_scan", "tomo_scan"]
@@ -88,10 +89,12 @@ def _stream_scan(
     exposure_s: float | None,
     metadata: dict[str, Any],
     before: Callable[[], MsgGen] | None = None,
+    fly_velocity_deg_s: float | None = None,
 ) -> MsgGen:
     """Run an announced detector-stream scan; ``scan_end`` is sent whatever happens.
 
-    ``before`` (a plan factory) runs inside the run, before the scan is announced.
+    ``before`` (a plan factory) runs inside the run, before the scan is announced. With
+    ``fly_velocity_deg_s`` the projections are taken on the fly (:mod:`.fly`).
     """
     started = False
 
@@ -101,13 +104,23 @@ def _stream_scan(
             yield from bps.mv(detector.exposure_time, exposure_s)
         if before is not None:
             yield from before()
+        if fly_velocity_deg_s is not None:
+            yield from bps.mv(stage.rotation, float(angles[0]))  # the run-up starts here
         started = True  # from here on the stream may carry the scan: always end it
         yield from begin_stream_scan(detector, scan_id, angles, role)
         if service is not None:
             yield from bps.mv(service.processed, (scan_id, 0))
-        for i, angle in enumerate(angles):
-            yield from _step(i, float(angle), stage, detector, service, scan_id,
-                             move_piezo=move_piezo, settle_s=settle_s)
+        if fly_velocity_deg_s is None:
+            for i, angle in enumerate(angles):
+                yield from _step(i, float(angle), stage, detector, service, scan_id,
+                                 move_piezo=move_piezo, settle_s=settle_s)
+            return
+        period = abs(float(angles[1] - angles[0])) / fly_velocity_deg_s
+        yield from fly_projections(stage, detector, service, angles,
+                                   velocity_deg_s=fly_velocity_deg_s, move_piezo=move_piezo,
+                                   timeout_s=10.0 + 5.0 * period, scan_id=scan_id)
+        if service is not None:  # the run ends once the service has every frame
+            yield from bps.mv(service.processed, (scan_id, int(angles.size)))
 
     def cleanup() -> MsgGen:
         if started:
@@ -224,6 +237,8 @@ def tomo_scan(
     angles: Sequence[float] | np.ndarray,
     correction: Correction = "service",
     settle_s: float = 0.02,
+    motion: Literal["step", "fly"] = "step",
+    fly_period_s: float = 0.25,
     beam: Any = None,
     beam_resume_delay_s: float = 1.0,
     exposure_s: float | None = None,
@@ -264,7 +279,15 @@ def tomo_scan(
     correction : {"service", "plan", "off"}
         Who corrects.
     settle_s : float
-        Wait after the rotation (and correction) before each exposure.
+        Wait after the rotation (and correction) before each exposure (step scans).
+    motion : {"step", "fly"}
+        ``"step"``: stop at each angle (above). ``"fly"``: rotate at constant speed through
+        the angles (equally spaced, monotonic) and expose as the readback passes each one
+        (:mod:`tomolock.plans.fly`); nothing waits for the service between exposures, so the
+        ``period`` must exceed the service's processing time for every frame to be corrected.
+        No beam suspension (a fly cannot replay one projection).
+    fly_period_s : float
+        Fly scans: time per angular step (sets the speed).
     beam : SignalR, optional
         Beam-available status (1/0) to suspend on.
     beam_resume_delay_s : float
@@ -285,16 +308,25 @@ def tomo_scan(
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     if service is None and correction != "off":
         raise ValueError(f"correction={correction!r} needs the service device")
+    if motion not in ("step", "fly"):
+        raise ValueError(f"motion must be 'step' or 'fly', got {motion!r}")
     arr = check_angles(angles)
+    velocity = fly_velocity(arr, fly_period_s) if motion == "fly" else None
+    if velocity is not None and beam is not None:
+        raise ValueError("beam suspension needs motion='step': a fly scan cannot replay the "
+                         "interrupted projection")
     sid = check_scan_id(scan_id) if scan_id is not None else new_scan_id("tomo")
     settle = _check_settle(settle_s)
     if exposure_s is not None and not (math.isfinite(exposure_s) and exposure_s >= 0):
         raise ValueError(f"exposure_s must be >= 0, got {exposure_s!r}")
     metadata = _metadata("tomo_scan", stage, detector, service, arr, sid, md,
-                         tomolock_role="measurement", tomolock_correction=correction)
+                         tomolock_role="measurement", tomolock_correction=correction,
+                         tomolock_motion=motion,
+                         **({"fly_velocity_deg_s": velocity} if velocity else {}))
     scan = _stream_scan(stage, detector, service, arr, role="measurement", scan_id=sid,
                         move_piezo=correction == "plan", settle_s=settle,
-                        exposure_s=exposure_s, metadata=metadata)
+                        exposure_s=exposure_s, metadata=metadata,
+                        fly_velocity_deg_s=velocity)
     if beam is not None:
         scan = bpp.suspend_wrapper(scan, [beam_suspender(beam,
                                                          resume_delay_s=beam_resume_delay_s)])

@@ -47,7 +47,9 @@ class ModelSettle:
         Largest trend (slope x ``window_s``) of the predicted position per axis; 5 nm =
         0.17 px at 30 nm pixels.
     max_std_um : float
-        Largest predicted 1-sigma uncertainty per axis at the end of the window.
+        Largest predicted 1-sigma uncertainty per axis at the end of the window, at the
+        current angle and at any angle of a turn (the references span the turn: without a
+        runout calibration the other angles stay uncertain however long one waits).
     window_s : float
         Length of the window of agreeing polls.
     poll_s : float
@@ -115,7 +117,8 @@ def wait_for_model(service: Any, settle: ModelSettle | None = None) -> MsgGen:
         angle = float(reading_value(reading, reader.angle_deg))
         pos = {a: float(reading_value(reading, getattr(reader, f"position_{a}_um")))
                for a in crit.axes}
-        std = {a: float(reading_value(reading, getattr(reader, f"std_{a}_um")))
+        std = {a: max(float(reading_value(reading, getattr(reader, f"std_{a}_um"))),
+                      float(reading_value(reading, getattr(reader, f"turn_std_{a}_um"))))
                for a in crit.axes}
         finite = all(math.isfinite(v) for v in (angle, *pos.values(), *std.values()))
         if not finite or (window and abs(window[-1][1] - angle) > ANGLE_TOLERANCE_DEG):
@@ -137,8 +140,9 @@ def wait_for_model(service: Any, settle: ModelSettle | None = None) -> MsgGen:
                 f"the drift model did not settle within {crit.timeout_s:g} s "
                 f"(criteria: trend <= {crit.max_change_um * 1e3:g} nm over "
                 f"{crit.window_s:g} s, std <= {crit.max_std_um * 1e3:g} nm; now "
-                f"{_describe(state)}); check the interferometer/microscope feeds on the "
-                "dashboard, or pass looser ModelSettle criteria"
+                f"{_describe(state)}); a std of micrometres means no runout model: run "
+                "runout_calibration first; otherwise check the interferometer/microscope "
+                "feeds on the dashboard, or pass looser ModelSettle criteria"
             )
         if now >= next_log:
             log.info("waiting for the drift model to settle: %s", _describe(state))
@@ -165,5 +169,6 @@ def _describe(state: dict[str, Any]) -> str:
     parts = []
     for axis, value in state["position_um"].items():
         std, change = state["std_um"][axis], state["change_um"][axis]
-        parts.append(f"{axis} {value:+.4f} um +- {std * 1e3:.1f} nm (trend {change * 1e3:.1f} nm)")
+        parts.append(f"{axis} {value:+.4f} um, std over a turn {std * 1e3:.1f} nm, trend "
+                     f"{change * 1e3:.1f} nm")
     return ", ".join(parts) + f" at {state['angle_deg']:.2f} deg"

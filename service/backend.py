@@ -97,7 +97,7 @@ class PipelineBackend:
             ),
         )
         st = self.service.receiver.stats()
-        now = self.service.model_now()
+        now, turn_std = self.service.model_now() or (None, {})
         model = ModelSummary(
             kind="runout+thermal (Kalman)",
             fitted=self.service.fusion.t is not None,
@@ -105,6 +105,7 @@ class PipelineBackend:
             angle_deg=now.angle_deg if now is not None else None,
             position_um=now.mean_um if now is not None else {},
             position_std_um=now.std_um if now is not None else {},
+            turn_std_max_um=turn_std,
         )
         return StatusModel(
             version=self.service.version,

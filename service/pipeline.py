@@ -237,28 +237,35 @@ class DriftCorrectionService:
         """Return an async iterator of live events (frames, estimates, state changes)."""
         return self.store.subscribe()
 
-    def model_now(self, t: float | None = None) -> AxisPrediction | None:
+    def model_now(self, t: float | None = None) -> tuple[AxisPrediction, dict[str, float]] | None:
         """Predict the sample displacement at the stage's current angle, now (or at ``t``).
 
         This is what a plan watches before a reference scan: right after start-up or a new
         runout model the fused offset still converges (tens of nm over a few seconds on the
         microscope), and references taken meanwhile carry that error into every later scan.
+        A standing stage only observes the runout at its own angle, so the largest 1-sigma
+        over a whole turn (every 10 degrees) is returned too: without a runout calibration it
+        stays at the harmonics' prior (micrometres) however long one waits.
 
         Returns
         -------
-        AxisPrediction or None
-            None until the model has a measurement and the rotation angle is known.
+        tuple of AxisPrediction and dict, or None
+            The prediction, and the largest std over a turn per axis; None until the model
+            has a measurement and the rotation angle is known.
         """
         angle = self._angle_now
         if self.fusion.t is None or angle is None:
             return None
-        when = time.time() if t is None else float(t)
-        pred = self.fusion.predict(angle, max(when, self.fusion.t))
-        return AxisPrediction(
+        when = max(time.time() if t is None else float(t), self.fusion.t)
+        pred = self.fusion.predict(angle, when)
+        turn = np.array([self.fusion.predict(a, when).std_um for a in range(0, 360, 10)])
+        prediction = AxisPrediction(
             mean_um={a: float(v) for a, v in zip(pred.axes, pred.mean_um, strict=True)},
             std_um={a: float(v) for a, v in zip(pred.axes, pred.std_um, strict=True)},
             t=when, angle_deg=angle,
         )
+        return prediction, {a: float(v) for a, v in zip(pred.axes, turn.max(axis=0),
+                                                          strict=True)}
 
     @property
     def receiving(self) -> bool:

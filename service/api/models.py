@@ -119,6 +119,11 @@ class ModelSummary(_Model):
     position_std_um: dict[str, OptFloat] = Field(
         default_factory=dict, description="1-sigma uncertainty of position_um, per axis"
     )
+    turn_std_max_um: dict[str, OptFloat] = Field(
+        default_factory=dict,
+        description="largest 1-sigma of the prediction over a whole turn now, per axis "
+        "(large until the runout is calibrated)",
+    )
 
 
 class Counters(_Model):
