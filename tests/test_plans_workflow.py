@@ -119,19 +119,34 @@ def rig(sim_beamline: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     finally:
         RE.loop.call_soon_threadsafe(task.cancel)
 
-        async def teardown() -> None:
-            import aioca
-
+        async def park() -> None:
             for motor in (stage.rotation, stage.x, stage.y, stage.z):
                 await motor.stop()
             # Leave the shared session IOC as found: corrections moved the piezo.
             await asyncio.gather(stage.rotation.set(0.0), stage.x.set(0.0), stage.y.set(0.0),
                                  stage.z.set(0.0))
-            await service.close()
-            await context.__aexit__(None, None, None)
-            aioca.purge_channel_caches()
 
-        call(teardown())
+        async def teardown() -> list[str]:
+            import aioca
+
+            problems = []
+            try:
+                await asyncio.wait_for(park(), 15)
+            except Exception as exc:
+                problems.append(f"parking the stage: {exc!r}")
+            finally:
+                # Always stop the service: a left-over one would keep pulling frames from the
+                # shared IOC's PUSH stream and starve the next module's service.
+                await service.close()
+                try:
+                    await asyncio.wait_for(context.__aexit__(None, None, None), 20)
+                except Exception as exc:
+                    problems.append(f"stopping the service: {exc!r}")
+                aioca.purge_channel_caches()
+            return problems
+
+        problems = asyncio.run_coroutine_threadsafe(teardown(), RE.loop).result(60)
+        assert not problems, problems
 
 
 async def _start(coro: Any) -> asyncio.Task[Any]:
