@@ -17,6 +17,22 @@ import time
 import numpy as np
 
 
+async def _run_scan(stage, det, service, scan_id: str, angles: np.ndarray, role: str) -> None:
+    """Step scan straight over EPICS: announce, then rotate, expose, wait for the service."""
+    await det.begin_scan(scan_id, len(angles), role=role, angle_start=float(angles[0]),
+                         angle_step=float(angles[1] - angles[0]))
+    for i, angle in enumerate(angles):
+        await stage.rotation.set(float(angle))
+        await det.trigger()
+        deadline = time.monotonic() + 30
+        while (service.scan is None or service.scan.scan_id != scan_id
+               or service.scan.processed < i + 1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service did not process frame {i} of {scan_id}")
+            await asyncio.sleep(0.002)
+    await det.finish_scan()
+
+
 async def main() -> dict:
     from tomolock.devices.sim.beamline import SimBeamline, free_tcp_port
     from tomolock.devices.sim.ioc import IocConfig
@@ -26,7 +42,6 @@ async def main() -> dict:
     os.environ.update(beamline.client_env())
     from tomolock.devices import DetectorStream, SampleStage
     from tomolock.service.config import TomolockSettings
-    from tomolock.service.demo import _run_scan
     from tomolock.service.serve import running_service
 
     p = beamline.prefixes
