@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -72,6 +73,21 @@ def begin_stream_scan(detector: Any, scan_id: str, angles: np.ndarray, role: str
 def end_stream_scan(detector: Any) -> MsgGen:
     """Send ``scan_end`` on the detector stream (plan stub)."""
     yield from bps.mv(detector.scan_end, 1)
+
+
+def read_service(service: Any, stage: Any, *, move_piezo: bool) -> MsgGen:
+    """Read the service into the open event; with ``move_piezo`` apply its setpoint (stub).
+
+    The setpoint is the stage target the service computed for the coming exposure; NaN (no
+    setpoint yet) leaves the piezo where it is.
+    """
+    reading = yield from bps.read(service)
+    if move_piezo:
+        targets = (float(reading_value(reading, service.setpoint_x_um)),
+                   float(reading_value(reading, service.setpoint_z_um)))
+        if all(math.isfinite(v) for v in targets):
+            yield from bps.mv(stage.x, targets[0], stage.z, targets[1])
+    return reading
 
 
 def reading_value(reading: dict[str, Any], signal: Any) -> Any:

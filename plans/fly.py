@@ -20,7 +20,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.preprocessors import finalize_wrapper
 
-from tomolock.plans._detector import MsgGen, reading_value
+from tomolock.plans._detector import MsgGen, read_service
 
 __all__ = ["fly_projections", "fly_velocity"]
 
@@ -96,12 +96,7 @@ def fly_projections(
             # before the angle is reached, so the exposure follows the crossing closely.
             yield from bps.create("primary")
             if service is not None:
-                reading = yield from bps.read(service)
-                if move_piezo:
-                    targets = (float(reading_value(reading, service.setpoint_x_um)),
-                               float(reading_value(reading, service.setpoint_z_um)))
-                    if all(math.isfinite(v) for v in targets):
-                        yield from bps.mv(stage.x, targets[0], stage.z, targets[1])
+                yield from read_service(service, stage, move_piezo=move_piezo)
             deadline = time.monotonic() + timeout_s
             # ``rd`` of the (Locatable) motor is a 'locate': it adds nothing to the event.
             while direction * ((yield from bps.rd(rotation)) - angle) < -1e-9:

@@ -17,6 +17,7 @@ from tomolock.plans._detector import (
     check_scan_id,
     end_stream_scan,
     new_scan_id,
+    read_service,
     reading_value,
 )
 from tomolock.plans.beam import beam_suspender
@@ -56,12 +57,7 @@ def _step(
     yield from bps.checkpoint()  # a beam-loss suspension replays the projection from here
     yield from bps.create("primary")
     if service is not None:
-        reading = yield from bps.read(service)
-        if move_piezo:
-            targets = (float(reading_value(reading, service.setpoint_x_um)),
-                       float(reading_value(reading, service.setpoint_z_um)))
-            if all(math.isfinite(v) for v in targets):
-                yield from bps.mv(stage.x, targets[0], stage.z, targets[1])
+        yield from read_service(service, stage, move_piezo=move_piezo)
     yield from bps.mv(stage.rotation, angle)
     if settle_s:
         yield from bps.sleep(settle_s)
