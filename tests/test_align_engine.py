@@ -103,6 +103,26 @@ def test_p2p_rechunk_matches_serial(scan):
     np.testing.assert_allclose(shuffled.shifts, serial.shifts, atol=1e-9)
 
 
+@pytest.mark.parametrize("fix_gauge", [True, False])
+def test_frozen_harmonics_keep_the_start(scan, fix_gauge):
+    # freeze_harmonics=3: the horizontal cos/sin 2 theta, 3 theta of the start survive (and
+    # the gauge with fix_gauge); everything else still moves.
+    _, proj, angles, truth, _ = scan
+    t = np.radians(angles)
+    start = truth + np.column_stack([0.3 * np.sin(3 * t),
+                                     0.4 * np.cos(2 * t) + 0.2 * np.sin(5 * t)])
+    cfg = AlignConfig(levels=(2,), min_size_px=16, max_iterations=2, fix_gauge=fix_gauge,
+                      freeze_harmonics=3)
+    result = align(proj, angles, start, cfg)
+    change = result.shifts - start
+    frozen = K.harmonic_basis(angles, 3, 0 if fix_gauge else 2)
+    coef, *_ = np.linalg.lstsq(frozen, change[:, 1], rcond=None)
+    assert np.abs(coef).max() < 1e-9
+    assert np.sqrt(np.mean(change[:, 1] ** 2)) > 0.05  # not frozen altogether
+    assert np.sqrt(np.mean(change[:, 0] ** 2)) > 0.05  # vertical: not affected
+    assert np.allclose(K.project_out(frozen @ np.arange(frozen.shape[1]), frozen), 0, atol=1e-9)
+
+
 def test_reprojection_of_consistent_data_registers_to_zero():
     # Noiseless projections of the simulator phantom: the rotation centre convention
     # (axis at (cols - 1) / 2 vs scikit-image's cols // 2) must give ~0 shift, a wrong
@@ -168,6 +188,8 @@ def test_bad_inputs_are_refused(scan):
     assert plan_levels((64, 64), AlignConfig()) == [2, 1]
     for kwargs in ({"levels": ()}, {"levels": (0,)}, {"max_iterations": 0},
                    {"tolerance_px": -1.0}, {"method": "art"}, {"relaxation": float("nan")},
-                   {"centre_col": float("inf")}, {"rechunk": "shuffle"}):
+                   {"centre_col": float("inf")}, {"rechunk": "shuffle"},
+                   {"freeze_harmonics": -1}, {"freeze_harmonics": 2.5},
+                   {"freeze_harmonics": True}):
         with pytest.raises(ValueError):
             AlignConfig(**kwargs)  # type: ignore[arg-type]

@@ -89,6 +89,11 @@ class ScanConfig:
     noise_model : {"poisson", "gaussian"}
         ``poisson`` (exact); ``gaussian`` draws ``N(lambda, lambda)`` instead, about 3x
         faster at large frames and indistinguishable at hundreds of counts per pixel.
+    phantom_shape : tuple of int, optional
+        ``(rows, cols)`` of the frame the phantom is designed for; default ``shape``. A
+        detector wider than this (e.g. ``shape=(128, 192)``, ``phantom_shape=(128, 128)``)
+        sees the same sample with margins: the host then stays inside the field of view
+        horizontally at every angle (no local tomography).
     """
 
     shape: tuple[int, int] = (512, 512)
@@ -118,9 +123,13 @@ class ScanConfig:
     keep_expected: bool = False
     noise_threads: int = 1
     noise_model: Literal["poisson", "gaussian"] = "poisson"
+    phantom_shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", _check_shape(self.shape, "shape"))
+        if self.phantom_shape is not None:
+            object.__setattr__(self, "phantom_shape",
+                               _check_shape(self.phantom_shape, "phantom_shape"))
         for name in ("n_projections", "n_darks", "n_flats", "seed", "noise_threads",
                      "drift_seed", "phantom_seed"):
             value = getattr(self, name)
@@ -223,7 +232,8 @@ class ScanSimulator:
         seed = config.seed
         self.phantom: Phantom = make_phantom(
             seed if config.phantom_seed is None else config.phantom_seed,
-            size_px=config.shape, n_particles=config.n_particles, n_pores=config.n_pores,
+            size_px=config.shape if config.phantom_shape is None else config.phantom_shape,
+            n_particles=config.n_particles, n_pores=config.n_pores,
             n_texture=config.n_texture, host_attenuation=config.host_attenuation)
         self.projector = Projector(self.phantom, config.shape, supersample=config.supersample)
         self.drift = SimulatedDrift(config.drift,

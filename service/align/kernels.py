@@ -287,3 +287,37 @@ def register_projections(
         norm = float(np.linalg.norm(frame_img[my:-my, mx:-mx]))
         out[i] = (dy, dx, conf, float(np.linalg.norm(diff)) / norm if norm > 0 else np.nan)
     return out
+
+
+def harmonic_basis(theta_deg: np.ndarray, k_max: int, k_min: int = 0) -> np.ndarray:
+    """Return the angle harmonics ``k_min..k_max`` as columns.
+
+    Parameters
+    ----------
+    theta_deg : numpy.ndarray
+        ``(n,)`` rotation angles, degrees.
+    k_max : int
+        Highest harmonic.
+    k_min : int
+        Lowest harmonic; 0 includes the constant.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, m)``: a constant column if ``k_min == 0``, then ``cos(k theta)``,
+        ``sin(k theta)`` for each ``k`` from ``max(1, k_min)`` to ``k_max``.
+    """
+    t = np.radians(np.asarray(theta_deg, dtype=float))
+    cols = [np.ones_like(t)] if k_min <= 0 else []
+    for k in range(max(1, k_min), k_max + 1):
+        cols += [np.cos(k * t), np.sin(k * t)]
+    return np.column_stack(cols) if cols else np.empty((t.size, 0))
+
+
+def project_out(values: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Remove the least-squares fit of ``basis`` columns from ``values`` (``(n,)``)."""
+    values = np.asarray(values, dtype=float)
+    if basis.shape[1] == 0:
+        return values.copy()
+    coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
+    return values - basis @ coef
