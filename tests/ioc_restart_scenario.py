@@ -85,8 +85,11 @@ async def main() -> dict:
                 await asyncio.sleep(0.05)
             obs["interferometer_back"] = service.interferometer_ok
             obs["reconnect_s"] = round(time.monotonic() - t0, 2)
+            if not obs["interferometer_back"]:
+                return obs  # report at once: CA puts to a still-unconnected IOC would hang
             await stage.rotation.set(0.0, timeout=30)
-            await _run_scan(stage, det, service, "after", angles, "measurement")
+            await asyncio.wait_for(
+                _run_scan(stage, det, service, "after", angles, "measurement"), 90)
             obs["moves_after"] = service.counters["moves"] - obs["moves_before"]
             obs["processed_after"] = service.scan.processed if service.scan else 0
     finally:

@@ -183,9 +183,8 @@ def test_without_a_runout_model_the_reference_scan_refuses_to_start(rig: Rig) ->
     from tomolock.plans import ModelNotSettledError, ModelSettle, reference_scan
 
     assert rig.running.service.runout is None  # first test of the module: not calibrated
-    # A standing stage pins the drift at its own angle within nm, not at the others.
-    (model,) = [rig.call(rig.service.model.read())]
-    assert model["service-model-std_x_um"]["value"] < 0.05
+    # Without runout harmonics the prediction over a turn stays uncertain by micrometres.
+    model = rig.call(rig.service.model.read())
     assert model["service-model-turn_std_x_um"]["value"] > 0.1
     quick = ModelSettle(timeout_s=2.0, window_s=1.0, poll_s=0.1)
     with pytest.raises(ModelNotSettledError, match="run runout_calibration first"):
