@@ -125,12 +125,15 @@ def wait_for_model(service: Any, settle: ModelSettle | None = None) -> MsgGen:
             window.clear()  # no prediction yet, or the stage rotated: start over
         if finite:
             window.append((now, angle, pos))
-        while window and now - window[0][0] > crit.window_s:
+        # Drop the oldest poll only while the next one still spans the window: polls come
+        # every poll_s plus the HTTP round trip (slow on a loaded host), so pruning at exactly
+        # window_s could leave the window short of full at every poll.
+        while len(window) > 1 and now - window[1][0] >= crit.window_s:
             window.popleft()
         change = {a: _trend(window, a, crit.window_s) for a in crit.axes}
         state = {"waited_s": round(now - start, 2), "angle_deg": angle, "position_um": pos,
                  "std_um": std, "change_um": change}
-        full = bool(window) and now - window[0][0] >= crit.window_s - crit.poll_s / 2
+        full = bool(window) and now - window[0][0] >= crit.window_s
         if (full and all(change[a] <= crit.max_change_um for a in crit.axes)
                 and all(std[a] <= crit.max_std_um for a in crit.axes)):
             log.info("drift model settled after %.1f s: %s", now - start, _describe(state))
