@@ -32,6 +32,22 @@ def check_scan_id(scan_id: str) -> str:
     return scan_id
 
 
+def check_number(name: str, value: object, *, positive: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0 (> 0 with ``positive``).
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, otherwise (booleans are refused).
+    """
+    ok = (not isinstance(value, bool) and isinstance(value, int | float)
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def check_angles(angles: Sequence[float] | np.ndarray, *, minimum: int = 1) -> np.ndarray:
     """Return the angles as a finite 1-D float array of at least ``minimum`` entries."""
     arr = np.asarray(angles, dtype=float)

@@ -13,25 +13,18 @@ import numpy as np
 from tomolock.plans._detector import (
     MsgGen,
     begin_stream_scan,
+    check_number,
     check_scan_id,
     end_stream_scan,
     new_scan_id,
     reading_value,
 )
-from tomolock.plans.scans import _check_settle, _metadata, _step
+from tomolock.plans.scans import _metadata, _step
 
 __all__ = ["CHECK_STREAM", "drift_check"]
 
 #: Name of the event stream that carries the service's result.
 CHECK_STREAM = "drift_check"
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not (
-        isinstance(value, int | float) and math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def drift_check(
@@ -105,13 +98,11 @@ def drift_check(
     if isinstance(angle, bool) or not (isinstance(angle, int | float) and math.isfinite(angle)):
         raise ValueError(f"angle must be a finite number of degrees, got {angle!r}")
     sid = check_scan_id(scan_id) if scan_id is not None else new_scan_id("check")
-    settle = _check_settle(settle_s)
-    timeout = _positive("timeout_s", timeout_s)
-    poll = _positive("poll_s", poll_s)
-    if exposure_s is not None and not (
-        isinstance(exposure_s, int | float) and math.isfinite(exposure_s) and exposure_s >= 0
-    ):
-        raise ValueError(f"exposure_s must be >= 0, got {exposure_s!r}")
+    settle = check_number("settle_s", settle_s)
+    timeout = check_number("timeout_s", timeout_s, positive=True)
+    poll = check_number("poll_s", poll_s, positive=True)
+    if exposure_s is not None:
+        check_number("exposure_s", exposure_s)
     angles = np.array([float(angle), float(angle) + 180.0])
     reader = service.drift_check
     metadata = _metadata("drift_check", stage, detector, service, angles, sid, md,

@@ -12,7 +12,6 @@ service computed for the coming angle.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ import bluesky.plan_stubs as bps
 import numpy as np
 from bluesky.preprocessors import finalize_wrapper
 
-from tomolock.plans._detector import MsgGen, read_service
+from tomolock.plans._detector import MsgGen, check_number, read_service
 
 __all__ = ["fly_projections", "fly_velocity"]
 
@@ -36,8 +35,7 @@ def fly_velocity(angles: np.ndarray, period_s: float) -> float:
     ValueError
         If the angles are not monotonic and equally spaced, or ``period_s`` is not > 0.
     """
-    if not (isinstance(period_s, int | float) and math.isfinite(period_s) and period_s > 0):
-        raise ValueError(f"fly_period_s must be a finite number > 0, got {period_s!r}")
+    check_number("fly_period_s", period_s, positive=True)
     if angles.size < 2:
         raise ValueError("a fly scan needs at least 2 angles")
     steps = np.diff(angles)

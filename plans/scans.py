@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -14,6 +13,7 @@ from tomolock.plans._detector import (
     MsgGen,
     begin_stream_scan,
     check_angles,
+    check_number,
     check_scan_id,
     end_stream_scan,
     new_scan_id,
@@ -30,12 +30,6 @@ Correction = Literal["service", "plan", "off"]
 CORRECTIONS: tuple[str, ...] = ("service", "plan", "off")
 #: Feedback mode the service needs for each correction strategy.
 _SERVICE_MODE = {"service": "apply", "plan": "publish-only", "off": "publish-only"}
-
-
-def _check_settle(settle_s: float) -> float:
-    if not (isinstance(settle_s, int | float) and math.isfinite(settle_s) and settle_s >= 0):
-        raise ValueError(f"settle_s must be a finite number >= 0, got {settle_s!r}")
-    return float(settle_s)
 
 
 def _step(
@@ -214,9 +208,9 @@ def reference_scan(
             yield from bps.read(service.model)
             yield from bps.save()
 
-    settle = _check_settle(settle_s)
-    if exposure_s is not None and not (math.isfinite(exposure_s) and exposure_s >= 0):
-        raise ValueError(f"exposure_s must be >= 0, got {exposure_s!r}")
+    settle = check_number("settle_s", settle_s)
+    if exposure_s is not None:
+        check_number("exposure_s", exposure_s)
     metadata = _metadata("reference_scan", stage, detector, service, arr, sid, md,
                          tomolock_role="reference")
     yield from _stream_scan(stage, detector, service, arr, role="reference", scan_id=sid,
@@ -312,9 +306,9 @@ def tomo_scan(
         raise ValueError("beam suspension needs motion='step': a fly scan cannot replay the "
                          "interrupted projection")
     sid = check_scan_id(scan_id) if scan_id is not None else new_scan_id("tomo")
-    settle = _check_settle(settle_s)
-    if exposure_s is not None and not (math.isfinite(exposure_s) and exposure_s >= 0):
-        raise ValueError(f"exposure_s must be >= 0, got {exposure_s!r}")
+    settle = check_number("settle_s", settle_s)
+    if exposure_s is not None:
+        check_number("exposure_s", exposure_s)
     metadata = _metadata("tomo_scan", stage, detector, service, arr, sid, md,
                          tomolock_role="measurement", tomolock_correction=correction,
                          tomolock_motion=motion,

@@ -19,7 +19,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-from tomolock.plans._detector import MsgGen, reading_value
+from tomolock.plans._detector import MsgGen, check_number, reading_value
 
 __all__ = ["ModelNotSettledError", "ModelSettle", "wait_for_model"]
 
@@ -70,10 +70,7 @@ class ModelSettle:
 
     def __post_init__(self) -> None:
         for name in ("max_change_um", "max_std_um", "window_s", "poll_s", "timeout_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                    isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            check_number(name, getattr(self, name), positive=True)
         if self.poll_s > self.window_s:
             raise ValueError(f"poll_s ({self.poll_s}) must not exceed window_s ({self.window_s})")
         if not self.axes or any(a not in ("x", "z") for a in self.axes):
