@@ -8,6 +8,7 @@ import pytest
 from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
 from tomolock.service.align import AlignConfig, align, dask_client, plan_levels, remove_gauge
 from tomolock.service.align import kernels as K
+from tomolock.service.align.benchmark import simulated_scan
 
 PIXEL_UM = 0.03
 
@@ -57,6 +58,57 @@ def test_alignment_recovers_shifts_from_a_noisy_start(scan):
     assert reports == result.reports and reports[0].level == 2
     assert reports[-1].level == 1 and all(r.seconds > 0 for r in reports)
     assert np.array_equal(result.initial, initial)
+
+
+def test_coarse_level_is_skipped_when_the_start_is_within_its_resolution(scan):
+    # A start 0.05 px from the truth is far below what the 2x level resolves (0.25 binned px
+    # = 0.5 px): its first update is discarded and only the 1x level refines.
+    _, proj, angles, truth, _ = scan
+    close = truth + np.random.default_rng(3).normal(0, 0.05, truth.shape)
+    lines: list[str] = []
+    result = align(proj, angles, close, AlignConfig(levels=(2, 1), min_size_px=16,
+                                                    max_iterations=3, coarse_stop_px=0.25),
+                   progress=lambda r: lines.append(r.line()))
+    first = result.reports[0]
+    assert result.skipped == [2] and first.level == 2 and not first.applied
+    assert "level skipped" in lines[0] and first.rms_update_px < 0.5
+    assert [r.level for r in result.reports[1:]] == [1] * (len(result.reports) - 1)
+    assert all(r.applied for r in result.reports[1:])
+    assert result.coarse_stop_px == 0.25 and result.truncated_fraction is None
+    # Off, or a start several px away: the 2x level runs and its updates are applied.
+    for start, cfg in ((close, AlignConfig(levels=(2, 1), min_size_px=16, max_iterations=1,
+                                           coarse_stop_px=0.0)),
+                       (truth + 3.0 * np.sign(np.sin(np.arange(len(truth))))[:, None],
+                        AlignConfig(levels=(2, 1), min_size_px=16, max_iterations=1,
+                                    coarse_stop_px=0.25))):
+        run = align(proj, angles, start, cfg)
+        assert run.skipped == [] and run.reports[0].level == 2 and run.reports[0].applied
+
+
+def test_truncated_fraction_finds_samples_crossing_the_side_edges():
+    frames = np.zeros((4, 8, 40), np.float32)
+    frames[:, :, 10:30] = 1.0  # inside at every angle
+    assert K.truncated_fraction(frames) == 0.0
+    frames[1, :, :12] = 1.0  # wider than the detector at one angle (left edge)
+    frames[3, :, 35:] = 0.5  # and at another (right edge)
+    assert K.truncated_fraction(frames) == 0.5
+    frames[2, :, -2:] = 0.04  # flat-field residue below 5 % of the densest column: air
+    assert K.truncated_fraction(frames) == 0.5
+    with pytest.raises(ValueError, match="frames"):
+        K.truncated_fraction(frames[0])
+
+
+def test_coarse_stop_is_chosen_from_the_field_of_view(scan):
+    # The simulator's 64 px detector cuts the sample at most angles (truncated sinograms):
+    # binned levels stop at 0.25 binned px; the same phantom on a wider detector: they run.
+    _, proj, angles, truth, _ = scan
+    cfg = AlignConfig(levels=(2,), min_size_px=16, max_iterations=1)
+    run = align(proj, angles, truth, cfg)
+    assert run.truncated_fraction is not None and run.truncated_fraction > 0.5
+    assert run.coarse_stop_px == 0.25
+    wide, wide_angles, _ = simulated_scan(24, 64, fov="padded")
+    run = align(wide, wide_angles, None, cfg)
+    assert run.truncated_fraction == 0.0 and run.coarse_stop_px == 0.0
 
 
 def test_gauge_of_the_start_is_kept(scan):
@@ -190,6 +242,7 @@ def test_bad_inputs_are_refused(scan):
                    {"tolerance_px": -1.0}, {"method": "art"}, {"relaxation": float("nan")},
                    {"centre_col": float("inf")}, {"rechunk": "shuffle"},
                    {"freeze_harmonics": -1}, {"freeze_harmonics": 2.5},
-                   {"freeze_harmonics": True}):
+                   {"freeze_harmonics": True}, {"coarse_stop_px": -0.1},
+                   {"coarse_stop_px": float("nan")}):
         with pytest.raises(ValueError):
             AlignConfig(**kwargs)  # type: ignore[arg-type]

@@ -127,6 +127,11 @@ def _errors(result: AlignResult, truth: np.ndarray, freeze: int = 0) -> dict[str
         out["rms_dx_px_without_frozen"] = float(np.sqrt(np.mean(
             project_out(err[:, 1], basis) ** 2)))
     out.update({"seconds": round(result.seconds, 2), "iterations": len(result.reports),
+                "iterations_per_level": {str(b): sum(r.level == b for r in result.reports)
+                                         for b in result.converged},
+                "skipped_levels": list(result.skipped),
+                "coarse_stop_px": result.coarse_stop_px,
+                "truncated_fraction": result.truncated_fraction,
                 "per_level_s": {str(b): round(sum(r.seconds for r in result.reports
                                                   if r.level == b), 2)
                                 for b in result.converged}})
@@ -183,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--levels", default="4,2,1")
     p.add_argument("--iterations", default="3",
                    help="iterations per level (fixed: tolerance off, fair timing), or a "
-                        "comma list, one count per level (e.g. 15,10,3)")
+                        "comma list, one count per level (e.g. 15,10,3), or 'auto': "
+                        "AlignConfig's own stopping rules (tolerance_px, coarse_stop_px, "
+                        "max_iterations), as the CLI runs")
+    p.add_argument("--max-iterations", type=int, default=AlignConfig.max_iterations,
+                   help="with --iterations auto: iterations per level at most")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executors", default="serial,threads,processes",
                    help="the Dask executors run only in the first scenario (speed-up)")
@@ -192,14 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     noises = _floats(args.start_noise)
     freezes = [int(v) for v in _floats(args.freeze_harmonics)]
     executors = [e for e in args.executors.split(",") if e]
-    iterations = [int(v) for v in _floats(args.iterations)]
+    auto = args.iterations == "auto"
+    iterations = [args.max_iterations] if auto else [int(v) for v in _floats(args.iterations)]
     for name in executors:
         if name not in ("serial", "threads", "processes"):
             raise SystemExit(f"unknown executor {name!r}")
     report: dict[str, Any] = {
         "scan": {"projections": args.projections, "size": args.size,
                  "detector": {f: detector_shape(args.size, f) for f in fovs}},
-        "config": {"levels": args.levels, "iterations_per_level": iterations},
+        "config": {"levels": args.levels,
+                   "iterations_per_level": "auto" if auto else iterations},
         "runs": [],
     }
     first = True
@@ -211,8 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = _rms(remove_gauge(initial - truth, angles))
             for freeze in freezes:
                 config = AlignConfig(levels=tuple(int(v) for v in args.levels.split(",")),
-                                     max_iterations=max(iterations), tolerance_px=1e-9,
-                                     min_size_px=16, freeze_harmonics=freeze)
+                                     max_iterations=max(iterations), min_size_px=16,
+                                     freeze_harmonics=freeze)
+                if not auto:  # fixed iteration counts: no early stop, comparable timings
+                    config = replace(config, tolerance_px=1e-9, coarse_stop_px=0.0)
                 run: dict[str, Any] = {"fov": fov, "start_noise_px": noise,
                                        "freeze_harmonics": freeze,
                                        "start_rms_dy_px": start[0],

@@ -96,7 +96,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="binning factors, coarse to fine (default 4,2,1)")
     parser.add_argument("--max-iterations", type=int, default=10)
     parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="RMS update (px) that ends a level")
+                        help="RMS update (px) that ends the last level")
+    parser.add_argument("--coarse-stop", type=float, default=None,
+                        help="binned px: a binned level ends when its RMS update is below "
+                             "this, and is skipped when its first update is (0: off; "
+                             "default 0.25 for truncated sinograms, else off)")
     parser.add_argument("--method", choices=("fbp", "sart"), default="fbp")
     parser.add_argument("--search-radius", type=float, default=8.0,
                         help="px searched around the initial shifts at the first level")
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             levels=args.levels, max_iterations=args.max_iterations,
             tolerance_px=args.tolerance, method=args.method,
             search_radius_px=args.search_radius, centre_col=args.centre_col,
-            min_size_px=args.min_size, rechunk=args.rechunk)
+            min_size_px=args.min_size, rechunk=args.rechunk, coarse_stop_px=args.coarse_stop)
         levels = plan_levels(source.shape[1:], config)
         if args.scan is not None:
             initial, matched = initial_shifts_from_log(args.scan, source.theta_deg,
@@ -206,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         write_shifts(args.shifts_out, source.theta_deg, result.shifts, initial)
     change = np.sqrt(np.mean(np.sum((result.shifts - initial) ** 2, axis=1)))
     summary = {"out": str(out), "levels": {str(k): v for k, v in result.converged.items()},
+               "skipped_levels": list(result.skipped),
+               "coarse_stop_px": result.coarse_stop_px,
+               "truncated_fraction": result.truncated_fraction,
                "iterations": len(result.reports), "rms_change_px": float(change),
                "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(summary))

@@ -321,3 +321,35 @@ def project_out(values: np.ndarray, basis: np.ndarray) -> np.ndarray:
         return values.copy()
     coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
     return values - basis @ coef
+
+
+#: Edge columns whose mean absorption exceeds this fraction of the projection's densest
+#: column mark the sinogram as truncated (sample wider than the detector at that angle).
+TRUNCATION_LEVEL = 0.05
+
+
+def truncated_fraction(frames: np.ndarray, edge_px: int = 2) -> float:
+    """Return the fraction of ``frames`` whose sample crosses a side edge of the detector.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        ``(m, rows, cols)`` absorption projections (``-log`` transmission, ~0 in air).
+    edge_px : int
+        Columns at each side that are tested.
+
+    Returns
+    -------
+    float
+        Fraction in [0, 1] of frames whose left or right ``edge_px`` columns carry a mean
+        absorption above :data:`TRUNCATION_LEVEL` of their densest column: these rows are
+        truncated sinograms (local tomography).
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim != 3 or frames.shape[0] == 0 or frames.shape[2] < 2 * edge_px + 1:
+        raise ValueError(f"need (m, rows, cols) frames wider than {2 * edge_px} columns, "
+                         f"got shape {frames.shape}")
+    profile = frames.mean(axis=1)  # (m, cols): mean absorption per column
+    peak = profile.max(axis=1)
+    edge = np.maximum(profile[:, :edge_px].mean(axis=1), profile[:, -edge_px:].mean(axis=1))
+    return float(np.mean(edge > TRUNCATION_LEVEL * np.where(peak > 0, peak, np.inf)))
