@@ -380,22 +380,23 @@ def align(
     centre = (cols - 1) / 2.0 if config.centre_col is None else float(config.centre_col)
     levels = plan_levels((rows, cols), config)
     result = AlignResult(shifts=shifts.copy(), initial=shifts.copy(), theta_deg=theta)
-    if config.coarse_stop_px is None:
-        result.truncated_fraction = truncated_fraction(_sample_frames(projections))
-        truncated = result.truncated_fraction >= TRUNCATED_MIN_FRACTION
-        result.coarse_stop_px = COARSE_STOP_TRUNCATED_PX if truncated else 0.0
-        log.info("sample crosses the detector's side edges in %.0f %% of sampled projections: "
-                 "%s", 100 * result.truncated_fraction,
-                 "truncated sinograms, binned levels stop at "
-                 f"{result.coarse_stop_px} binned px" if truncated else "binned levels run fully")
-    else:
-        result.coarse_stop_px = float(config.coarse_stop_px)
     t_start = time.perf_counter()
     runner, chosen = make_runner(executor, projections, config, levels, client=client,
                                  scratch_dir=scratch_dir, memory_limit=memory_limit)
     if chosen != executor:
         log.info("executor %s chosen for %s", chosen, tuple(projections.shape))
     try:
+        # After the runner: it has checked that a file's projections are still there.
+        if config.coarse_stop_px is None:
+            result.truncated_fraction = truncated_fraction(_sample_frames(projections))
+            truncated = result.truncated_fraction >= TRUNCATED_MIN_FRACTION
+            result.coarse_stop_px = COARSE_STOP_TRUNCATED_PX if truncated else 0.0
+            log.info("sample crosses the detector's side edges in %.0f %% of sampled "
+                     "projections: %s", 100 * result.truncated_fraction,
+                     f"truncated sinograms, binned levels stop at {result.coarse_stop_px} "
+                     "binned px" if truncated else "binned levels run fully")
+        else:
+            result.coarse_stop_px = float(config.coarse_stop_px)
         for li, factor in enumerate(levels):
             stack = runner.level(factor)
             cols_b = cols // factor
