@@ -29,22 +29,7 @@ Measured (121 x 128², serial, 2-core machine; RMS (dy, dx) px vs truth after ga
     padded     0.25   0        (0.042, 0.043)      (0.024, 0.029)
     padded     0.25   3        (0.042, 0.050)      (0.024, 0.046)
 
-(~50-60 s per run truncated, ~85-120 s padded.) With AlignConfig's own stopping rules, as the
-CLI runs (``--iterations auto``: tolerance 0.01 px, at most 10 per level, ``coarse_stop_px``
-chosen from the side-edge truncation test), measured later on the same machine::
-
-    fov        start  levels run (iterations 4x/2x/1x)   (dy, dx) px      seconds
-    truncated  0.25   4x, 2x skipped; 1x 7               (0.039, 0.059)   87
-    truncated  0.7    4x skipped; 2x 2; 1x 8             (0.064, 0.118)   90
-    padded     0.25   10/3/1 (coarse levels run fully)   (0.035, 0.041)   78
-    padded     0.7    10/4/1                             (0.062, 0.053)   87
-
-Started at the truth, 1x iterations on truncated sinograms drift only to (0.022, 0.028) px
-after 6 (the binned 4x level to (0.10, 0.21)), so skipping coarse levels a good start does not
-need halves the truncated dx error. What is left there (dx 0.055-0.059 px, also at 361
-projections) sits in the horizontal harmonics 2..10 of the angle: over-relaxation, momentum
-and Anderson acceleration reach the same plateau in fewer iterations but not below it, and a
-high-pass registration or wider edge margins did not lower it either. The 0.05 px target is reached only with the
+(~50-60 s per run truncated, ~85-120 s padded.) The 0.05 px target is reached only with the
 sample inside the field of view: from the 0.25 px online residual with the default schedule,
 and from 0.7 px with more iterations at the cheap binned levels. There the residual is the
 start's smooth-in-angle part (harmonics <= 5 carry 90 % of it) decaying slowly (5-6 % per
@@ -56,6 +41,25 @@ harmonics 2..3 (``AlignConfig.freeze_harmonics=3``) keeps the start's error in t
 reports the rest): it helps only the truncated case from a 0.25 px start (dx 0.112 -> 0.067)
 and hurts the padded case, so it stays off by default. Earlier: registering the measured frames
 gave (0.059, 0.252) px, truncated 0.7 px, 3,3,3.
+
+With AlignConfig's own stopping rules, as the CLI runs (``--iterations auto``: tolerance
+0.01 px, at most 10 iterations per level, ``coarse_stop_px`` chosen by the side-edge
+truncation test), measured later on the same machine::
+
+    fov        start  iterations 4x / 2x / 1x          (dy, dx) px      seconds
+    truncated  0.25   4x, 2x skipped; 1x 7             (0.039, 0.059)   87
+    truncated  0.7    4x skipped; 2x 2; 1x 8           (0.064, 0.118)   90
+    padded     0.25   10 / 3 / 1 (no skipping)         (0.035, 0.041)   78
+    padded     0.7    10 / 4 / 1                       (0.062, 0.053)   87
+
+Where the bias comes from: started at the truth, truncated sinograms drift to (0.022, 0.028)
+px after 6 iterations at 1x but to (0.10, 0.21) px at the binned 4x level (32 px frames), so
+the binned levels are skipped when the start is already better than they resolve; that halves
+the truncated dx error from a 0.25 px start. What is left there (dx 0.055-0.059 px, also with
+361 projections) sits in the horizontal harmonics 2..10 of the angle. Over-relaxation,
+momentum and Anderson acceleration reach the same plateau in fewer iterations but not below
+it; a high-pass registration, wider edge margins, edge-value sinogram extension and
+``freeze_harmonics=3`` (dx 0.060) did not lower it either.
 """
 
 from __future__ import annotations
