@@ -36,6 +36,7 @@ def test_demo_corrects_the_simulated_scan_and_stops_cleanly_on_ctrl_c(tmp_path: 
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    stopped = False
     try:
         if serving.wait(180):
             # A terminal's Ctrl-C reaches the whole process group, the IOC child included.
@@ -43,14 +44,26 @@ def test_demo_corrects_the_simulated_scan_and_stops_cleanly_on_ctrl_c(tmp_path: 
         else:
             # SIGABRT makes faulthandler print every thread's stack: a hang explains itself.
             proc.send_signal(signal.SIGABRT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+            stopped = True
+        except subprocess.TimeoutExpired:
+            # Still running (or the IOC child holds the pipes): stacks, then kill the group.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (the IOC of a hung demo)
     reader.join(10)
     out = "".join(lines)
-    if not serving.is_set():
-        pytest.fail(f"demo hung; stacks:\n{err[-6000:]}\nstdout:\n{out[-2000:]}")
+    if not serving.is_set() or not stopped:
+        what = "did not stop within 60 s of Ctrl-C" if serving.is_set() else "hung"
+        pytest.fail(f"demo {what}; stacks:\n{err[-6000:]}\nstdout:\n{out[-2000:]}")
     text = out + err
     assert proc.returncode == 0, text
     unc = float(re.search(r"without correction\s+([\d.]+) px RMS", out).group(1))
