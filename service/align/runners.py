@@ -137,10 +137,19 @@ class DaskRunner:
         self.da = da
         self.client = client
         self.config = config
+        self._scattered: list[Any] = []
         if isinstance(projections, da.Array):
             full = projections.astype(np.float32)
         else:
-            full = da.from_array(np.asarray(projections, dtype=np.float32))
+            # Sent to the workers once, in projection blocks: embedded in the graph the array
+            # travelled again with every level (and Dask warned of the large graph).
+            array = np.asarray(projections, dtype=np.float32)
+            step = config.proj_chunk
+            starts = range(0, array.shape[0], step)
+            self._scattered = client.scatter([array[i:i + step] for i in starts])
+            full = da.concatenate([
+                da.from_delayed(f, shape=array[i:i + step].shape, dtype=np.float32)
+                for f, i in zip(self._scattered, starts, strict=True)])
         _n, rows, cols = full.shape
         self.full = full.rechunk((config.proj_chunk, rows, cols))
         self._persisted: dict[int, Any] = {}
@@ -162,8 +171,10 @@ class DaskRunner:
         self._persisted.pop(factor, None)
 
     def close(self) -> None:
-        """Drop every persisted level."""
+        """Drop every persisted level and the scattered projections."""
         self._persisted.clear()
+        self._scattered = []
+        self.full = None  # its graph holds the scattered futures too
 
     def iterate(self, stack: Any, shifts: np.ndarray, theta: np.ndarray, delta: float,
                 radius: float, config: AlignConfig, factor: int) -> np.ndarray:
