@@ -7,6 +7,7 @@ import pytest
 
 from tomolock.devices.sim.scan import ScanConfig, ScanSimulator
 from tomolock.service.align import AlignConfig, align, dask_client, plan_levels, remove_gauge
+from tomolock.service.align import engine as E
 from tomolock.service.align import kernels as K
 from tomolock.service.align.benchmark import simulated_scan
 
@@ -58,6 +59,31 @@ def test_alignment_recovers_shifts_from_a_noisy_start(scan):
     assert reports == result.reports and reports[0].level == 2
     assert reports[-1].level == 1 and all(r.seconds > 0 for r in reports)
     assert np.array_equal(result.initial, initial)
+    # The convergence report: no estimate at a level's first iteration, then one; a level
+    # marked converged ended on an estimate below the tolerance or, binned on a truncated
+    # scan (this one), on an update below what it resolves.
+    assert result.coarse_stop_px == E.COARSE_STOP_TRUNCATED_PX
+    for level in (2, 1):
+        mine = [r for r in reports if r.level == level]
+        assert mine[0].remaining_px is None
+        assert all(r.remaining_px is not None for r in mine[1:])
+        if not result.converged[level]:
+            assert len(mine) == 6
+        elif level > 1:
+            assert mine[-1].rms_update_px < result.coarse_stop_px * level
+        else:
+            assert mine[-1].remaining_px < AlignConfig.tolerance_px
+
+
+def test_error_to_come_is_estimated_as_a_geometric_series():
+    assert E.remaining_error(0.1, None) is None
+    assert E.remaining_error(0.05, 0.1) == pytest.approx(0.05)  # r = 1/2: 0.05 * 1
+    assert E.remaining_error(0.009, 0.01) == pytest.approx(0.081)  # slow: far from done
+    assert E.remaining_error(0.01, 0.01) == np.inf  # not shrinking: never converged
+    assert E.remaining_error(0.0, 0.0) == 0.0
+    # Default caps: binned iterations are cheap, so the binned levels may run longer.
+    assert [E.level_iterations(AlignConfig(), b) for b in (4, 2, 1)] == [40, 20, 10]
+    assert E.level_iterations(AlignConfig(max_iterations=3), 4) == 3
 
 
 def test_coarse_level_is_skipped_when_the_start_is_within_its_resolution(scan):

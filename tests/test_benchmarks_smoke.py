@@ -29,3 +29,20 @@ def test_loop_benchmark_paths(tmp_path: Path) -> None:
     thr = asyncio.run(loop._throughput(128, 20.0, 12, tmp_path))
     assert thr["control_messages_lost"] == 0
     assert thr["processed_measured"] + thr["dropped_overload"] >= 1
+
+
+@pytest.mark.parametrize("iterations", [["--iterations", "auto", "--max-iterations", "1"],
+                                        ["--iterations", "1,1"]])
+def test_align_benchmark_paths(iterations: list[str], capsys: pytest.CaptureFixture[str]
+                               ) -> None:
+    import json
+
+    from tomolock.service.align import benchmark as B
+
+    assert B.main(["--projections", "13", "--size", "32", "--fov", "padded",
+                   "--start-noise", "0.5", "--levels", "2,1", "--executors", "serial",
+                   *iterations]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (run,) = report["runs"]
+    assert run["serial"]["iterations_per_level"] == {"2": 1, "1": 1}
+    assert run["serial"]["rms_dx_px"] >= 0

@@ -94,9 +94,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                              "directory); shared by all workers with --scheduler")
     parser.add_argument("--levels", type=_levels, default=(4, 2, 1),
                         help="binning factors, coarse to fine (default 4,2,1)")
-    parser.add_argument("--max-iterations", type=int, default=10)
+    parser.add_argument("--max-iterations", type=int, default=None,
+                        help="iterations per level at most (default 10 x the binning "
+                             "factor: 40, 20, 10)")
     parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="RMS update (px) that ends the last level")
+                        help="px: a level ends when the error still to come, estimated "
+                             "from its last two RMS updates, is below this")
     parser.add_argument("--coarse-stop", type=float, default=None,
                         help="binned px: a binned level ends when its RMS update is below "
                              "this, and is skipped when its first update is (0: off; "
