@@ -19,6 +19,7 @@ def _worker_settings() -> dict[str, object]:
 
 @pytest.mark.parametrize("processes", [True, False])
 def test_local_workers_run_without_profiler(processes):
+    environ = dict(os.environ)
     with dask_client(n_workers=1, processes=processes) as client:
         settings = client.submit(_worker_settings, pure=False).result(timeout=60)
         addresses = list(client.scheduler_info()["workers"])
@@ -31,6 +32,9 @@ def test_local_workers_run_without_profiler(processes):
         assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
     else:
         assert settings["pid"] == os.getpid()
+    # The nannies' environment (MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS=1, ...) does not
+    # stay behind for later subprocesses: it slowed the IOCs of the tests after this one.
+    assert dict(os.environ) == environ
 
 
 def test_local_cluster_shape_is_checked():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +72,10 @@ def dask_client(
                          f"{n_workers}, {threads_per_worker}")
     # Threads talk in-process (no sockets); worker processes listen on loopback only.
     network = {"host": "127.0.0.1"} if processes else {}
+    # Dask's nannies write their pre-spawn environment (MALLOC_TRIM_THRESHOLD_,
+    # OMP_NUM_THREADS=1, PYTHONHASHSEED, ...) into this process's os.environ, where every
+    # later subprocess (an IOC, a scan) would inherit it: restored when the cluster closes.
+    saved = dict(os.environ)
     # Kept for the cluster's lifetime: a worker the nanny restarts gets it too.
     with dask.config.set(LOCAL_WORKER_CONFIG):
         cluster = LocalCluster(
@@ -84,3 +89,12 @@ def dask_client(
         finally:
             client.close()
             cluster.close()
+            _restore_environ(saved)
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
