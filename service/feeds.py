@@ -26,6 +26,9 @@ from tomolock.service.feedback import OphydAsyncActuator
 
 log = logging.getLogger(__name__)
 
+#: Seconds :meth:`EpicsFeeds.stop` waits for its cancelled tasks.
+STOP_TIMEOUT_S = 5.0
+
 
 class EpicsFeeds:
     """Devices of one beamline, streaming into a service.
@@ -107,9 +110,13 @@ class EpicsFeeds:
         self._subs.clear()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a feed task stuck in a CA call to a vanished IOC must not hold the
+            # service's shutdown.
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log.warning("feed task %r still running %.1f s after cancel; left behind",
+                            task, STOP_TIMEOUT_S)
         self._tasks.clear()
 
     def _subscribe_stage(self) -> None:

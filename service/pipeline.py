@@ -63,6 +63,8 @@ from tomolock.service.wire import SCAN_ROLES, ControlMessage
 log = logging.getLogger(__name__)
 
 AXES = ("x", "y", "z")
+#: Seconds :meth:`DriftCorrectionService.stop` waits for its cancelled tasks.
+STOP_TIMEOUT_S = 10.0
 ESTIMATORS = ("reference_scan", "first_n", "mass_profile")
 
 
@@ -222,9 +224,13 @@ class DriftCorrectionService:
         self.receiver.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task stuck in a call to a vanished IOC must not hold the shutdown
+            # (the drift log still gets closed below).
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                log.warning("task %r still running %.1f s after cancel; left behind",
+                            task, STOP_TIMEOUT_S)
         self._tasks = []
         self._close_log()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -33,7 +33,26 @@ async def _run_scan(stage, det, service, scan_id: str, angles: np.ndarray, role:
     await det.finish_scan()
 
 
+async def _dump_tasks_after(seconds: float) -> None:
+    """Print every asyncio task's stack before the test's timeout: a hang explains itself
+    (faulthandler's SIGABRT dump shows only the event loop waiting in select)."""
+    await asyncio.sleep(seconds)
+    print(f"scenario still running after {seconds} s; asyncio tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main() -> dict:
+    watchdog = asyncio.create_task(_dump_tasks_after(200.0))
+    try:
+        return await _main()
+    finally:
+        watchdog.cancel()
+
+
+async def _main() -> dict:
     from tomolock.devices.sim.beamline import SimBeamline, free_tcp_port
     from tomolock.devices.sim.ioc import IocConfig
 

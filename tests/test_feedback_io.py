@@ -155,6 +155,51 @@ async def test_ophyd_async_actuator_timeout_stops_and_reports():
     assert (await act.positions())["z"] == 0.25
 
 
+class _VanishedIocMotor:
+    """A motor whose IOC is gone: puts never complete and ignore cancellation, stop hangs."""
+
+    def __init__(self) -> None:
+        self.user_readback = SimpleNamespace(get_value=self._readback)
+        self.stop_calls = 0
+        self.release = asyncio.Event()
+
+    async def _readback(self) -> float:
+        return 0.0
+
+    async def _stubborn(self) -> None:
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:  # a CA put's cleanup that itself waits
+                continue
+
+    def set(self, value: float, timeout: float):
+        return self._stubborn()
+
+    async def stop(self, success: bool = False) -> None:
+        self.stop_calls += 1
+        await self._stubborn()
+
+
+@pytest.mark.timeout(30)
+async def test_actuator_move_returns_when_a_vanished_ioc_never_answers(monkeypatch, caplog):
+    import tomolock.service.feedback.actuator as A
+
+    monkeypatch.setattr(A, "WIND_DOWN_S", 0.1)
+    motor = _VanishedIocMotor()
+    act = OphydAsyncActuator({"z": motor})
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with caplog.at_level(logging.WARNING), pytest.raises(MoveTimeoutError, match="z"):
+        await act.move({"z": 0.5}, timeout=0.2)
+    # timeout + wind-down of the cancelled move + wind-down of the stop, not forever.
+    assert loop.time() - t0 < 5.0
+    assert motor.stop_calls == 1
+    assert "still pending" in caplog.text
+    motor.release.set()  # let the stuck tasks end before the loop closes
+    await asyncio.sleep(0.01)
+
+
 async def test_actuator_input_validation():
     motors = await _motors()
     act = OphydAsyncActuator(motors)

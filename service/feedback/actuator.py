@@ -19,6 +19,10 @@ from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a cancelled or stopping axis gets to wind down before the move returns anyway. A
+#: motor whose IOC has gone can leave a CA put pending forever; the loop must not wait on it.
+WIND_DOWN_S = 2.0
+
 
 class ActuatorError(RuntimeError):
     """One or more axes failed to move.
@@ -134,7 +138,7 @@ class OphydAsyncActuator:
             elif (exc := task.exception()) is not None:
                 failures[axis] = exc
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            await _wind_down(pending, "cancelled move")
         if not failures:
             return
         if self.stop_on_failure:
@@ -159,7 +163,20 @@ class OphydAsyncActuator:
             except Exception:  # a failing stop must not mask the move error
                 logger.exception("stopping axis %s failed", axis)
 
-        await asyncio.gather(*(stop(a) for a in axes))
+        await _wind_down({asyncio.ensure_future(stop(a)) for a in axes}, "stop")
+
+
+async def _wind_down(tasks: set[asyncio.Future[Any]], what: str) -> None:
+    """Wait up to :data:`WIND_DOWN_S` for ``tasks``; leave (and log) those still running."""
+    _, stuck = await asyncio.wait(tasks, timeout=WIND_DOWN_S)
+    for task in stuck:
+        logger.warning("%s still pending after %.1f s; not waiting for it: %r",
+                       what, WIND_DOWN_S, task)
+        # Whenever it ends, its outcome is read (no "exception never retrieved" at exit).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    for task in tasks - stuck:
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("%s ended with %r", what, task.exception())
 
 
 PositionReader = Callable[[], Awaitable[Mapping[str, float]]]
