@@ -23,6 +23,7 @@ from typing import Any
 from tomolock.devices import LaserInterferometer, SampleStage, VisibleLightMicroscope
 from tomolock.service.config import EpicsSettings
 from tomolock.service.feedback import OphydAsyncActuator
+from tomolock.service.tasks import wind_down
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,9 @@ class EpicsFeeds:
         self._subs.clear()
         for task in self._tasks:
             task.cancel()
-        if self._tasks:
-            # Bounded: a feed task stuck in a CA call to a vanished IOC must not hold the
-            # service's shutdown.
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
-            for task in stuck:
-                log.warning("feed task %r still running %.1f s after cancel; left behind",
-                            task, STOP_TIMEOUT_S)
+        # Bounded: a feed task stuck in a CA call to a vanished IOC must not hold the
+        # service's shutdown.
+        await wind_down(self._tasks, STOP_TIMEOUT_S, "feed task")
         self._tasks.clear()
 
     def _subscribe_stage(self) -> None:

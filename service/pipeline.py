@@ -58,6 +58,7 @@ from tomolock.service.model import DriftFusion, FusionConfig, Measurement, Runou
 from tomolock.service.positions import PositionHistory
 from tomolock.service.processor import FrameProcessor, FrameResult
 from tomolock.service.record import DriftLog, DriftRow, EstimateRecord
+from tomolock.service.tasks import wind_down
 from tomolock.service.wire import SCAN_ROLES, ControlMessage
 
 log = logging.getLogger(__name__)
@@ -224,13 +225,9 @@ class DriftCorrectionService:
         self.receiver.stop()
         for task in self._tasks:
             task.cancel()
-        if self._tasks:
-            # Bounded: a task stuck in a call to a vanished IOC must not hold the shutdown
-            # (the drift log still gets closed below).
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
-            for task in stuck:
-                log.warning("task %r still running %.1f s after cancel; left behind",
-                            task, STOP_TIMEOUT_S)
+        # Bounded: a task stuck in a call to a vanished IOC must not hold the shutdown (the
+        # drift log still gets closed below).
+        await wind_down(self._tasks, STOP_TIMEOUT_S, "service task")
         self._tasks = []
         self._close_log()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -17,6 +17,8 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from tomolock.service.tasks import wind_down
+
 logger = logging.getLogger(__name__)
 
 #: Seconds a cancelled or stopping axis gets to wind down before the move returns anyway. A
@@ -138,7 +140,7 @@ class OphydAsyncActuator:
             elif (exc := task.exception()) is not None:
                 failures[axis] = exc
         if pending:
-            await _wind_down(pending, "cancelled move")
+            await wind_down(pending, WIND_DOWN_S, "cancelled move")
         if not failures:
             return
         if self.stop_on_failure:
@@ -163,20 +165,7 @@ class OphydAsyncActuator:
             except Exception:  # a failing stop must not mask the move error
                 logger.exception("stopping axis %s failed", axis)
 
-        await _wind_down({asyncio.ensure_future(stop(a)) for a in axes}, "stop")
-
-
-async def _wind_down(tasks: set[asyncio.Future[Any]], what: str) -> None:
-    """Wait up to :data:`WIND_DOWN_S` for ``tasks``; leave (and log) those still running."""
-    _, stuck = await asyncio.wait(tasks, timeout=WIND_DOWN_S)
-    for task in stuck:
-        logger.warning("%s still pending after %.1f s; not waiting for it: %r",
-                       what, WIND_DOWN_S, task)
-        # Whenever it ends, its outcome is read (no "exception never retrieved" at exit).
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    for task in tasks - stuck:
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("%s ended with %r", what, task.exception())
+        await wind_down([asyncio.ensure_future(stop(a)) for a in axes], WIND_DOWN_S, "stop")
 
 
 PositionReader = Callable[[], Awaitable[Mapping[str, float]]]
