@@ -73,8 +73,9 @@ def dask_client(
     # Threads talk in-process (no sockets); worker processes listen on loopback only.
     network = {"host": "127.0.0.1"} if processes else {}
     # Dask's nannies write their pre-spawn environment (MALLOC_TRIM_THRESHOLD_,
-    # OMP_NUM_THREADS=1, PYTHONHASHSEED, ...) into this process's os.environ, where every
-    # later subprocess (an IOC, a scan) would inherit it: restored when the cluster closes.
+    # OMP_NUM_THREADS=1, PYTHONHASHSEED, ...) into this process's os.environ when they spawn
+    # the workers, where every later subprocess (an IOC, a scan) would inherit it: those
+    # keys are put back when the cluster closes.
     saved = dict(os.environ)
     # Kept for the cluster's lifetime: a worker the nanny restarts gets it too.
     with dask.config.set(LOCAL_WORKER_CONFIG):
@@ -83,18 +84,19 @@ def dask_client(
             processes=processes, dashboard_address=None, memory_limit=memory_limit,
             **network,
         )
+        touched = {k for k in set(os.environ) | set(saved) if os.environ.get(k) != saved.get(k)}
         client = Client(cluster)
         try:
             yield client
         finally:
             client.close()
             cluster.close()
-            _restore_environ(saved)
+            _restore_environ(saved, touched)
 
 
-def _restore_environ(saved: dict[str, str]) -> None:
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    for key, value in saved.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+def _restore_environ(saved: dict[str, str], keys: set[str]) -> None:
+    for key in keys:
+        if key in saved:
+            os.environ[key] = saved[key]
+        else:
+            os.environ.pop(key, None)
