@@ -198,7 +198,6 @@ def _session(args: argparse.Namespace, RE: Any, call: Any, running: Any, service
         print(f"  drift log: {logs[-1]}")
     print(f"  control token for this run: {token}")
     if args.serve:
-        print(f"\n  dashboard: {running.url}/dashboard  (Ctrl-C to stop)")
 
         def interrupt(*_: Any) -> None:
             raise KeyboardInterrupt
@@ -207,6 +206,8 @@ def _session(args: argparse.Namespace, RE: Any, call: Any, running: Any, service
         previous = signal.signal(signal.SIGTERM, interrupt)
         try:
             with contextlib.suppress(KeyboardInterrupt):
+                # Printed inside: a Ctrl-C right after the prompt still ends cleanly (exit 0).
+                print(f"\n  dashboard: {running.url}/dashboard  (Ctrl-C to stop)", flush=True)
                 threading.Event().wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
