@@ -33,6 +33,19 @@ async def _run_scan(stage, det, service, scan_id: str, angles: np.ndarray, role:
     await det.finish_scan()
 
 
+async def _quiet(service, still_s: float = 1.0, limit_s: float = 15.0) -> None:
+    """Wait until the service's correction counters have not changed for ``still_s``."""
+    def steps() -> int:
+        return sum(service.counters[k] for k in ("moves", "holds", "refusals"))
+
+    t_end = time.monotonic() + limit_s
+    last, since = steps(), time.monotonic()
+    while time.monotonic() < t_end and time.monotonic() - since < still_s:
+        await asyncio.sleep(0.05)
+        if (now := steps()) != last:
+            last, since = now, time.monotonic()
+
+
 async def _dump_tasks_after(seconds: float) -> None:
     """Print every asyncio task's stack before the test's timeout: a hang explains itself
     (faulthandler's SIGABRT dump shows only the event loop waiting in select)."""
@@ -85,6 +98,9 @@ async def _main() -> dict:
             await stage.rotation.set(0.0, timeout=30)
             await _run_scan(stage, det, service, "ref", angles, "reference")
             await _run_scan(stage, det, service, "before", angles, "measurement")
+            # The last frame's correction may still be moving the stage: count it as before
+            # the outage, not as a move "while down".
+            await _quiet(service)
             obs["moves_before"] = service.counters["moves"]
 
             beamline.stop()  # the IOC and its detector stream die
