@@ -226,15 +226,20 @@ ANGLES = np.linspace(0.0, 180.0, 19)
 
 
 def test_corrected_scans_beat_the_uncorrected_one_and_record_the_corrections(rig: Rig) -> None:
-    from tomolock.plans import reference_scan, tomo_scan
+    from tomolock.plans import ModelSettle, reference_scan, tomo_scan
 
-    ref = rig.run(reference_scan(rig.stage, rig.det, angles=ANGLES, service=rig.service))
+    # The default 6 nm std criterion sits close to where this rig settles (4.8-5.6 nm
+    # measured); once in CI the model hovered at 6.5 nm for the whole 60 s. This test is
+    # about the workflow, so it allows 8 nm (test_demo runs the default criterion).
+    settle = ModelSettle(max_std_um=0.008)
+    ref = rig.run(reference_scan(rig.stage, rig.det, angles=ANGLES, service=rig.service,
+                                 model_settle=settle))
     assert rig.stop_doc()["exit_status"] == "success"
     assert len(rig.stream("primary")) == len(ANGLES)
     # It first waited for the drift model to settle and recorded the state it settled in.
     (model,) = rig.stream("tomolock_model")
     assert model["data"]["service-model-fitted"] is True
-    assert 0 < model["data"]["service-model-std_x_um"] <= 0.006
+    assert 0 < model["data"]["service-model-std_x_um"] <= settle.max_std_um
     assert len(rig.running.service.processor.references) == len(ANGLES)
     assert ref.startswith("ref-")
 
