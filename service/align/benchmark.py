@@ -42,9 +42,9 @@ reports the rest): it helps only the truncated case from a 0.25 px start (dx 0.1
 and hurts the padded case, so it stays off by default. Earlier: registering the measured frames
 gave (0.059, 0.252) px, truncated 0.7 px, 3,3,3.
 
-With AlignConfig's own stopping rules, as the CLI runs (``--iterations auto``: tolerance
-0.01 px, at most 10 iterations per level, ``coarse_stop_px`` chosen by the side-edge
-truncation test), measured later on the same machine::
+With AlignConfig's stopping rules as they were then (``--iterations auto``; superseded by the
+table below: a level ended on one RMS update below 0.01 px, at most 10 iterations per level,
+``coarse_stop_px`` chosen by the side-edge truncation test), serial, same machine::
 
     fov        start  iterations 4x / 2x / 1x          (dy, dx) px      seconds
     truncated  0.25   4x, 2x skipped; 1x 7             (0.039, 0.059)   87
@@ -52,9 +52,9 @@ truncation test), measured later on the same machine::
     padded     0.25   10 / 3 / 1 (no skipping)         (0.035, 0.041)   78
     padded     0.7    10 / 4 / 1                       (0.062, 0.053)   87
 
-With the stopping rule on the estimated error to come (geometric series of the updates,
-``tolerance_px`` 0.01) and the iteration caps 10 x the binning factor (40 / 20 / 10), same
-command with ``--executors processes`` (2 workers)::
+With the current rules (a level ends when the error still to come, a geometric series of
+its updates, is below ``tolerance_px`` 0.01; caps 10 x the binning factor: 40 / 20 / 10),
+same command with ``--executors processes`` (2 workers)::
 
     fov        start  iterations 4x / 2x / 1x          (dy, dx) px      seconds
     truncated  0.25   4x, 2x skipped; 1x 10            (0.035, 0.055)   67
