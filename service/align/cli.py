@@ -186,8 +186,16 @@ def run(args: argparse.Namespace) -> int:
         if executor != "serial":
             from .cluster import dask_client
 
-            client = stack.enter_context(dask_client(
-                args.scheduler, n_workers=args.workers, processes=args.processes))
+            try:
+                client = stack.enter_context(dask_client(
+                    args.scheduler, n_workers=args.workers, processes=args.processes))
+            except (OSError, ValueError) as exc:
+                if args.scheduler is None:
+                    raise
+                _say(f"tomolock align: error: cannot reach the Dask scheduler at "
+                     f"{args.scheduler} ({exc}); start one (`dask scheduler`) or leave "
+                     "out --scheduler for a local cluster")
+                return 2
         if executor == "auto":
             assert client is not None
             limit = args.memory_limit or (
