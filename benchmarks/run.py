@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import machine_info, progress
 
-SUITES = ("estimator", "loop")
+SUITES = ("estimator", "loop", "online_to_fine")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ async def simulated_loop(
     seed: int = 3,
     counts: float = 3000.0,
     settings: dict[str, Any] | None = None,
+    phantom_shape: tuple[int, int] | None = None,
 ) -> AsyncIterator[SimulatedLoop]:
     """Start streamer, service (apply mode) and interferometer feed; stop them on exit.
 
@@ -69,8 +70,12 @@ async def simulated_loop(
         Mean flat counts per pixel.
     settings : dict, optional
         Sections merged over the defaults (``{"feedback": {...}}``, ...).
+    phantom_shape : tuple of int, optional
+        Phantom design size; a detector wider than it keeps the sample inside the field of
+        view at every angle (default: the frame shape, the sample crosses the side edges).
     """
-    sim = ScanSimulator(ScanConfig(shape=shape, counts=counts, seed=seed, drift=params))
+    sim = ScanSimulator(ScanConfig(shape=shape, counts=counts, seed=seed, drift=params,
+                                   phantom_shape=phantom_shape))
     drift = SimulatedDrift(params, seed=seed)
     beam = ManualBeamState()
     streamer = DetectorStreamer(sim, drift, beam, seed=seed + 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import estimator, loop
+from benchmarks import estimator, loop, online_to_fine
 
 
 def test_estimator_benchmark_paths() -> None:
@@ -46,3 +46,11 @@ def test_align_benchmark_paths(iterations: list[str], capsys: pytest.CaptureFixt
     (run,) = report["runs"]
     assert run["serial"]["iterations_per_level"] == {"2": 1, "1": 1}
     assert run["serial"]["rms_dx_px"] >= 0
+
+
+@pytest.mark.slow
+def test_online_to_fine_benchmark_paths() -> None:
+    run = online_to_fine.one(13, 32, "padded", workers=0, levels=(1,), max_iterations=1)
+    assert run["online_matched"] == 13 and run["detector"] == [32, 48]
+    assert run["fine_iterations_per_level"] == {"1": 1}
+    assert run["online_log_error_rms_px"]["dx"] > 0 and run["fine_error_rms_px"]["dx"] > 0

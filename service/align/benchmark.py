@@ -142,12 +142,21 @@ def detector_shape(size: int, fov: Fov = "truncated") -> tuple[int, int]:
 
 
 def simulated_scan(n: int, size: int, residual_px: tuple[float, float] = (1.5, 2.0),
-                   seed: int = 1, counts: float = 1000.0, fov: Fov = "truncated"
+                   seed: int = 1, counts: float = 1000.0, fov: Fov = "truncated",
+                   shifts_px: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(absorption projections, angles_deg, true shifts)`` of a simulated scan.
 
-    ``fov`` selects the detector, see :func:`detector_shape` (same phantom either way).
+    ``n`` projections over 0-180 deg. ``fov`` selects the detector, see
+    :func:`detector_shape` (same phantom either way). Each projection carries a random
+    residual drift of ``residual_px`` (dy, dx) RMS, or exactly ``shifts_px[i]`` (``(n, 2)``
+    px: e.g. what a closed-loop session's detector saw).
     """
+    if shifts_px is not None:
+        shifts_px = np.asarray(shifts_px, dtype=float)
+        if shifts_px.shape != (n, 2) or not np.isfinite(shifts_px).all():
+            raise ValueError(f"shifts_px must be ({n}, 2) finite px, got shape "
+                             f"{shifts_px.shape}")
     sim = ScanSimulator(ScanConfig(shape=detector_shape(size, fov), n_projections=n,
                                    counts=counts, seed=seed, n_darks=1, n_flats=1,
                                    phantom_shape=(size, size)))
@@ -155,8 +164,11 @@ def simulated_scan(n: int, size: int, residual_px: tuple[float, float] = (1.5, 2
     rng = np.random.default_rng(seed)
     angles, times = sim.angles_deg(), sim.times_s()
     offset = -sim.drift.sample_displacement_um(angles, times)
-    offset[:, 2] += rng.normal(0, residual_px[0], n) * pixel
-    offset[:, 0] += rng.normal(0, residual_px[1], n) * pixel
+    if shifts_px is None:
+        shifts_px = np.column_stack([rng.normal(0, residual_px[0], n),
+                                     rng.normal(0, residual_px[1], n)])
+    offset[:, 2] += shifts_px[:, 0] * pixel
+    offset[:, 0] += shifts_px[:, 1] * pixel
     frames = [sim.projection(i, offset) for i in range(n)]
     truth = np.array([f.true_shift_px for f in frames])
     dark = sim.config.dark_level
