@@ -55,13 +55,13 @@ def scheduler(tmp_path_factory):
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "33554432",
            "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
     try:
-        deadline = time.monotonic() + 60
-        while not file.exists() or not file.read_text().strip():
+        deadline, address = time.monotonic() + 60, None
+        while address is None:
             if procs[0].poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"dask scheduler did not start:\n{(tmp / 'cluster.log').read_text()}")
             time.sleep(0.1)
-        time.sleep(0.2)  # the file is written whole, but be sure it is closed
-        address = json.loads(file.read_text())["address"]
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                address = json.loads(file.read_text())["address"]  # once written whole
         procs.append(_start(["worker", "--scheduler-file", str(file), "--nworkers", "2",
                              "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
                              "--memory-limit", "1GiB"], log, env))
