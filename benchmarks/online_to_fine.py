@@ -73,8 +73,8 @@ def one(n: int, size: int, fov: str, *, workers: int = 2, levels: tuple[int, ...
     proj, theta, rendered = simulated_scan(n, size, fov=fov, shifts_px=truth)
     if not np.allclose(rendered, truth, atol=1e-6) or not np.allclose(theta, angles):
         raise RuntimeError("re-rendered scan does not carry the session's shifts")
-    progress(f"  {fov}: online log error {_rms(remove_gauge(logged - truth, angles))} px; "
-             "aligning")
+    log_error = _rms(remove_gauge(logged - truth, angles))
+    progress(f"  {fov}: online log error {log_error} px; aligning")
     config = AlignConfig(levels=levels, min_size_px=16, max_iterations=max_iterations)
     with contextlib.ExitStack() as stack:
         client = (stack.enter_context(dask_client(n_workers=workers, processes=True))
@@ -87,7 +87,7 @@ def one(n: int, size: int, fov: str, *, workers: int = 2, levels: tuple[int, ...
         "detector": list(detector_shape(size, fov)),
         "online_matched": int(matched.sum()),
         "online_residual_rms_px": _rms(truth),  # what the detector saw, gauge included
-        "online_log_error_rms_px": _rms(remove_gauge(logged - truth, angles)),
+        "online_log_error_rms_px": log_error,
         "fine_error_rms_px": _rms(remove_gauge(result.shifts - truth, angles)),
         "fine_iterations_per_level": {str(b): sum(r.level == b for r in result.reports)
                                       for b in result.converged},
